@@ -1,0 +1,204 @@
+// buildApp(config, deps): the whole application as a Fastify instance, wired but not listening.
+import { randomUUID } from 'node:crypto'
+import formbody from '@fastify/formbody'
+import helmet from '@fastify/helmet'
+import rateLimit from '@fastify/rate-limit'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+// fastify-type-provider-zod 7 rather than @fastify/type-provider-zod 1: same API, but the latter
+// fails `tsc` under module NodeNext without skipLibCheck (DECISIONS.md).
+import {
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod'
+import { pino } from 'pino'
+import type { Config } from './config.js'
+import { installErrorHandlers } from './errors.js'
+import authPlugin from './plugins/auth.js'
+import { adminRoutes } from './routes/admin.js'
+import { authRoutes } from './routes/auth.js'
+import { metaRoutes } from './routes/meta.js'
+import { userRoutes } from './routes/users.js'
+import { PasswordHasher } from './security/password.js'
+import { SessionService } from './services/sessions.js'
+import { LoginThrottle } from './services/throttle.js'
+import { UserService } from './services/users.js'
+import type { CounterStore } from './store/counters.js'
+import { openStores, type Stores } from './store/index.js'
+import type { DenyList, SessionStore } from './store/sessions.js'
+import type { UserStore } from './store/users.js'
+
+export interface AppDeps {
+  /** Stores already opened; by default openStores(config) picks them from the configuration. */
+  stores?: Stores
+  /** Overrides of single stores (tests: a failing store, or stores shared by two apps). */
+  store?: UserStore
+  sessions?: SessionStore
+  denylist?: DenyList
+  counters?: CounterStore
+  /** Fastify's logger options (server.ts passes pino options); off when omitted. */
+  logger?: FastifyServerOptions['logger']
+  /** Where audit events go. Defaults to a pino logger on stdout when AUDIT_LOG is on. */
+  audit?: FastifyBaseLogger
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+    users: UserService
+    sessions: SessionService
+    hasher: PasswordHasher
+    audit: FastifyBaseLogger
+  }
+}
+
+/** What never reaches a log line: credentials, tokens and secrets, wherever they appear. */
+export const REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  '*.password',
+  '*.hashed_password',
+  '*.current_password',
+  '*.new_password',
+  '*.access_token',
+  '*.refresh_token',
+  '*.token',
+  '*.client_secret',
+]
+
+export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: deps.logger ?? false,
+    bodyLimit: config.bodyLimit,
+    // Fastify's defaults are 0 (no limit); a slow client must not hold a socket forever.
+    requestTimeout: config.requestTimeoutMs,
+    connectionTimeout: config.requestTimeoutMs,
+    trustProxy: config.trustProxy,
+    genReqId: () => randomUUID(),
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    // Kept at their default 'error' on purpose (STANDARDS.md §5.3): __proto__ bodies get a 400.
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+  }).withTypeProvider<ZodTypeProvider>()
+
+  app.setValidatorCompiler(validatorCompiler)
+  app.setSerializerCompiler(serializerCompiler)
+  // Only JSON (built in) and forms (@fastify/formbody) are parsed; text/plain bodies get 415.
+  app.removeContentTypeParser('text/plain')
+
+  const stores = deps.stores ?? (await openStores(config, app.log))
+  const store = deps.store ?? stores.users
+  const sessionStore = deps.sessions ?? stores.sessions
+  const denylist = deps.denylist ?? stores.denylist
+  const counters = deps.counters ?? stores.counters
+  const hasher = new PasswordHasher({
+    rounds: config.password.bcryptRounds,
+    concurrency: config.password.hashConcurrency,
+    queueMax: config.password.hashQueueMax,
+    maxWaitMs: config.password.hashMaxWaitMs,
+  })
+  // Started now, awaited on the first failed login: off the path to the first request.
+  hasher.dummyHash().catch(() => {})
+
+  const audit = deps.audit ?? pino({ enabled: config.auditLog, base: { audit: true } })
+  app.decorate('config', config)
+  app.decorate('hasher', hasher)
+  app.decorate('audit', audit)
+
+  installErrorHandlers(app)
+  // Fastify closes idle keep-alive sockets once, when close() starts; the socket of a request still in
+  // flight would stay open for its keep-alive timeout and hold the shutdown past the grace delay.
+  let closing = false
+  app.addHook('preClose', async () => {
+    closing = true
+  })
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id)
+    if (closing) reply.header('connection', 'close')
+  })
+  app.addHook('onClose', async () => {
+    await Promise.allSettled([store.close(), sessionStore.close(), denylist.close(), counters.close()])
+    await stores.close()
+  })
+
+  await app.register(formbody)
+  await app.register(helmet, {
+    // A JSON API: nothing may be loaded or framed. /docs sets its own policy (swagger-ui staticCSP).
+    contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+    frameguard: { action: 'deny' },
+    crossOriginResourcePolicy: { policy: 'same-origin' },
+  })
+  // Per-route request caps (routes set config.rateLimit); keyed on request.ip, which honours
+  // TRUST_PROXY and nothing else, so a forged X-Forwarded-For changes nothing.
+  // With Redis the caps count across instances; if Redis fails they are skipped (the failure-based
+  // login throttle still holds, with local counters).
+  await app.register(rateLimit, { global: false, ...(stores.redis ? { redis: stores.redis, skipOnError: true } : {}) })
+  if (config.docsEnabled) await registerDocs(app)
+  await app.register(authPlugin, { config, store, denylist })
+
+  const sessions = new SessionService(sessionStore, store, denylist, config.jwt, app.tokens.issueAccessToken)
+  const throttle = new LoginThrottle(counters, config.throttle)
+  const users = new UserService(store, hasher, throttle, sessions, config.password.minLength, (username, ip) =>
+    audit.warn({ event: 'lockout', username: username.slice(0, 64), ip }),
+  )
+  app.decorate('sessions', sessions)
+  app.decorate('users', users)
+
+  // Refresh families past their absolute lifetime can never work again: forget them.
+  const sweep = setInterval(
+    () => sessionStore.sweep(new Date()).catch((err) => app.log.warn({ err }, 'sweep failed')),
+    3_600_000,
+  )
+  sweep.unref()
+  app.addHook('onClose', async () => clearInterval(sweep))
+
+  if (config.admin) {
+    const { username, password } = config.admin
+    app.addHook('onReady', async () => {
+      const { user, created } = await users.ensureAdmin(username, password)
+      audit.info({ event: created ? 'admin_created' : 'admin_promoted', username: user.username, userId: user.id })
+    })
+  }
+
+  await app.register(metaRoutes, { config, checks: stores.checks })
+  await app.register(authRoutes, { config })
+  await app.register(userRoutes)
+  await app.register(adminRoutes)
+  return app
+}
+
+async function registerDocs(app: FastifyInstance): Promise<void> {
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Fastify auth API',
+        description:
+          'Registration, the OAuth2 password and refresh-token grants, JWT bearer tokens, revocation and account administration. "Authorize" logs in through /token.',
+        version: '0.1.0',
+      },
+      // No `servers`: Swagger UI then calls the origin it was loaded from (STANDARDS.md Part 3).
+      components: {
+        securitySchemes: {
+          OAuth2PasswordBearer: {
+            type: 'oauth2',
+            flows: {
+              password: {
+                tokenUrl: '/token',
+                refreshUrl: '/token',
+                scopes: { user: 'Your own account', admin: 'Manage every account' },
+              },
+            },
+          },
+        },
+      },
+    },
+    transform: jsonSchemaTransform,
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true })
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+}

@@ -1,0 +1,224 @@
+// POST /register, POST /token (the OAuth2 password and refresh_token grants, RFC 6749 §4.3 and §6),
+// POST /revoke (RFC 7009) and POST /logout.
+import type { FastifyRequest } from 'fastify'
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
+import type { Config } from '../config.js'
+import { ApiError, OAuthError } from '../errors.js'
+import {
+  Detail,
+  EmptyObject,
+  makeRegisterBody,
+  NoContent,
+  OAuthErrorBody,
+  RevokeForm,
+  TokenForm,
+  TokenResponse,
+  UserPublic,
+  ValidationErrorBody,
+} from '../schemas.js'
+import { grantScope } from '../services/scopes.js'
+import { ReuseDetectedError } from '../services/sessions.js'
+import { toPublic } from '../services/users.js'
+import { normaliseUsername } from '../store/users.js'
+import { BEARER_SECURITY, noStore, requireMediaType } from './hooks.js'
+
+const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
+const REVOKE_FIELDS = ['token', 'token_type_hint', 'client_id', 'client_secret']
+
+function tooManyRequests(_request: FastifyRequest, context: { after: string; ttl: number }) {
+  return new ApiError(429, `Too many requests; retry in ${context.after}`, {
+    'retry-after': String(Math.max(1, Math.ceil(context.ttl / 1000))),
+  })
+}
+
+export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
+  const { throttle } = config
+
+  app.post(
+    '/register',
+    {
+      onRequest: requireMediaType('application/json'),
+      onSend: noStore,
+      config: {
+        rateLimit: {
+          max: throttle.registerMax,
+          timeWindow: throttle.registerWindowSeconds * 1000,
+          errorResponseBuilder: tooManyRequests,
+        },
+      },
+      schema: {
+        summary: 'Register a new user',
+        tags: ['auth'],
+        body: makeRegisterBody(config.password.minLength),
+        response: { 201: UserPublic, 400: Detail, 409: Detail, 415: Detail, 422: ValidationErrorBody, 429: Detail },
+      },
+    },
+    async (request, reply) => {
+      const { username, email, password, hashed_password } = request.body
+      const user = await app.users.register({
+        username,
+        email: email ?? null,
+        password: (password ?? hashed_password) as string,
+      })
+      reply.code(201)
+      return toPublic(user)
+    },
+  )
+
+  app.post(
+    '/token',
+    {
+      onRequest: requireMediaType('application/x-www-form-urlencoded'),
+      preValidation: formChecks(TOKEN_FIELDS, (body) => {
+        const grant = body.grant_type
+        if (grant !== undefined && grant !== 'password' && grant !== 'refresh_token')
+          throw new OAuthError('unsupported_grant_type', 'grant_type must be password or refresh_token')
+      }),
+      onSend: noStore,
+      config: {
+        oauthErrors: true,
+        // A flood guard per account in front of bcrypt (the lockout itself counts failures: see
+        // services/throttle.ts). preHandler, because the key needs the parsed body.
+        rateLimit: {
+          hook: 'preHandler',
+          max: throttle.loginPerMinute,
+          timeWindow: 60_000,
+          keyGenerator: (request: FastifyRequest) => {
+            const { username } = request.body as { username?: string }
+            return typeof username === 'string' ? `login:${normaliseUsername(username)}` : `ip:${request.ip}`
+          },
+          errorResponseBuilder: tooManyRequests,
+        },
+      },
+      schema: {
+        summary: 'Log in (password grant) or refresh (refresh_token grant)',
+        description:
+          'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). Errors have exactly error, error_description and detail.',
+        tags: ['auth'],
+        consumes: ['application/x-www-form-urlencoded'],
+        body: TokenForm,
+        response: {
+          200: TokenResponse,
+          400: OAuthErrorBody,
+          413: OAuthErrorBody,
+          415: OAuthErrorBody,
+          429: OAuthErrorBody,
+          503: OAuthErrorBody,
+        },
+      },
+    },
+    async (request) => {
+      const body = request.body
+      const audit = { ip: request.ip, reqId: request.id }
+      if (body.grant_type === 'refresh_token') {
+        if (body.refresh_token === undefined)
+          throw new OAuthError('invalid_request', "Missing parameter 'refresh_token'")
+        try {
+          const issued = await app.sessions.refresh(body.refresh_token, body.scope)
+          app.audit.info({ event: 'refresh', outcome: 'success', userId: issued.claims.sub, ...audit })
+          return tokenResponse(issued)
+        } catch (err) {
+          if (err instanceof ReuseDetectedError)
+            app.audit.warn({
+              event: 'refresh_reuse',
+              outcome: 'family_revoked',
+              userId: err.userId,
+              sessionId: err.familyId,
+              ...audit,
+            })
+          else app.audit.info({ event: 'refresh', outcome: 'failure', ...audit })
+          throw err
+        }
+      }
+      const { username, password } = body
+      if (username === undefined) throw new OAuthError('invalid_request', "Missing parameter 'username'")
+      if (password === undefined) throw new OAuthError('invalid_request', "Missing parameter 'password'")
+      const logged = username.slice(0, 64)
+      let user: Awaited<ReturnType<typeof app.users.login>>
+      try {
+        user = await app.users.login(username, password, request.ip)
+      } catch (err) {
+        const outcome = err instanceof ApiError && err.statusCode === 429 ? 'throttled' : 'failure'
+        app.audit.info({ event: 'login', outcome, username: logged, ...audit })
+        throw err
+      }
+      const scope = grantScope(user.roles, body.scope)
+      const issued = await app.sessions.start(user, scope)
+      app.audit.info({ event: 'login', outcome: 'success', username: user.username, userId: user.id, ...audit })
+      return tokenResponse(issued)
+    },
+  )
+
+  app.post(
+    '/revoke',
+    {
+      onRequest: requireMediaType('application/x-www-form-urlencoded'),
+      preValidation: formChecks(REVOKE_FIELDS),
+      onSend: noStore,
+      config: { oauthErrors: true },
+      schema: {
+        summary: 'Revoke a refresh token or an access token (RFC 7009)',
+        description:
+          'Answers 200 even for unknown or invalid tokens. Revoking a refresh token ends its whole session; revoking an access token also ends its session.',
+        tags: ['auth'],
+        consumes: ['application/x-www-form-urlencoded'],
+        body: RevokeForm,
+        response: { 200: EmptyObject, 400: OAuthErrorBody, 415: OAuthErrorBody },
+      },
+    },
+    async (request) => {
+      const { token, token_type_hint } = request.body
+      if (token === undefined) throw new OAuthError('invalid_request', "Missing parameter 'token'")
+      await app.sessions.revoke(token, token_type_hint, app.tokens.verifyAccessToken)
+      app.audit.info({ event: 'revoke', ip: request.ip, reqId: request.id })
+      return {}
+    },
+  )
+
+  app.post(
+    '/logout',
+    {
+      onRequest: app.authenticate,
+      onSend: noStore,
+      schema: {
+        summary: 'Log out: revoke this access token and its session',
+        description: "The user's other sessions keep working.",
+        tags: ['auth'],
+        security: BEARER_SECURITY,
+        response: { 204: NoContent, 401: Detail },
+      },
+    },
+    async (request, reply) => {
+      const auth = request.auth as NonNullable<typeof request.auth>
+      await app.sessions.logout(auth.claims)
+      app.audit.info({ event: 'logout', userId: auth.record.id, ip: request.ip, reqId: request.id })
+      return reply.code(204).send(null)
+    },
+  )
+}
+
+function tokenResponse(issued: { accessToken: string; refreshToken: string; expiresIn: number; scope: string }) {
+  return {
+    access_token: issued.accessToken,
+    token_type: 'bearer' as const,
+    expires_in: issued.expiresIn,
+    refresh_token: issued.refreshToken,
+    scope: issued.scope,
+  }
+}
+
+/**
+ * preValidation for the OAuth form endpoints: RFC 6749 §3.2 says a parameter sent without a value
+ * is omitted, and that no parameter may appear twice (the form parser turns a repeated one into an
+ * array). `extra` runs next, so that e.g. an unsupported grant_type is reported first.
+ */
+function formChecks(fields: string[], extra?: (body: Record<string, unknown>) => void) {
+  return async function checkForm(request: FastifyRequest): Promise<void> {
+    const body = request.body as Record<string, unknown>
+    for (const field of fields) {
+      if (body[field] === '') delete body[field]
+      if (Array.isArray(body[field])) throw new OAuthError('invalid_request', `Parameter '${field}' is repeated`)
+    }
+    extra?.(body)
+  }
+}

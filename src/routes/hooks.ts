@@ -1,0 +1,26 @@
+// Small route-level hooks shared by several routes.
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { ApiError } from '../errors.js'
+
+/**
+ * onRequest hook factory: the route accepts exactly this media type (→ 415 otherwise), checked
+ * before the body is parsed. Fastify parses JSON and (with @fastify/formbody) forms on every route,
+ * so without this /token would take JSON and /register forms (STANDARDS.md §5.2).
+ */
+export function requireMediaType(mediaType: string) {
+  return async function checkMediaType(request: FastifyRequest): Promise<void> {
+    const header = request.headers['content-type']
+    const type = header?.split(';', 1)[0]?.trim().toLowerCase()
+    if (type !== mediaType) throw new ApiError(415, `Content-Type must be ${mediaType}`)
+  }
+}
+
+/** onSend hook: responses that carry tokens or user data must not be cached (RFC 6749 §5.1). */
+export async function noStore(_request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  reply.header('cache-control', 'no-store')
+  reply.header('pragma', 'no-cache')
+}
+
+/** The OpenAPI security requirement of a protected route (so Swagger UI sends the token). */
+export const BEARER_SECURITY = [{ OAuth2PasswordBearer: [] }]
+export const ADMIN_SECURITY = [{ OAuth2PasswordBearer: ['admin'] }]

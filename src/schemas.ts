@@ -1,0 +1,172 @@
+// Wire schemas (zod): what each route accepts and returns. Field names follow the tutorial and
+// OAuth2 (snake_case); inside TypeScript everything is camelCase, converted at the handler edge.
+import { z } from 'zod'
+import { passwordProblems } from './security/policy.js'
+
+export const USERNAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{2,31}$/
+
+export const Username = z
+  .string()
+  .regex(USERNAME_PATTERN, 'must be 3-32 characters of A-Z a-z 0-9 . _ - and start with a letter or digit')
+  .describe('3-32 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit; case-insensitive')
+
+/**
+ * POST /register. `hashed_password` is the tutorial's name for the same plaintext field; exactly one
+ * of the two must be sent. Unknown fields are stripped (zod's default), never stored.
+ */
+export function makeRegisterBody(passwordMinLength: number) {
+  return z
+    .object({
+      username: Username,
+      email: z
+        .email('must be a valid email address')
+        .max(254, 'must be at most 254 characters')
+        .nullish()
+        .describe('optional; at most 254 characters'),
+      password: z
+        .string()
+        .optional()
+        .describe(`at least ${passwordMinLength} characters, at most 72 bytes in UTF-8; not a common password`),
+      hashed_password: z
+        .string()
+        .optional()
+        .describe("the tutorial's name for `password` (it carries the plaintext password); send one of the two"),
+    })
+    .superRefine((body, ctx) => {
+      if (body.password !== undefined && body.hashed_password !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['password'],
+          message: 'send either password or hashed_password, not both',
+        })
+        return
+      }
+      const password = body.password ?? body.hashed_password
+      if (password === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['password'], message: 'is required' })
+        return
+      }
+      const field = body.password !== undefined ? 'password' : 'hashed_password'
+      for (const message of passwordProblems(password, body.username, passwordMinLength))
+        ctx.addIssue({ code: 'custom', path: [field], message })
+    })
+}
+export type RegisterBody = z.infer<ReturnType<typeof makeRegisterBody>>
+
+export const UserPublic = z.object({
+  id: z.string().describe('immutable random id (UUID)'),
+  username: z.string(),
+  email: z.string().nullable(),
+  created_at: z.string().describe('ISO-8601 UTC timestamp'),
+})
+export type UserPublic = z.infer<typeof UserPublic>
+
+export const RoleName = z.enum(['user', 'admin'])
+
+/** What the admin endpoints return: the public view plus roles and status. Never a hash. */
+export const UserAdminView = UserPublic.extend({
+  roles: z.array(RoleName),
+  disabled: z.boolean(),
+})
+export type UserAdminView = z.infer<typeof UserAdminView>
+
+export const UserList = z.object({
+  items: z.array(UserAdminView),
+  total: z.number().int(),
+  limit: z.number().int(),
+  offset: z.number().int(),
+})
+
+export const UserListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  offset: z.coerce.number().int().min(0).max(1_000_000_000).default(0),
+  username_prefix: z
+    .string()
+    .max(32)
+    .regex(/^[A-Za-z0-9._-]*$/, 'may contain only A-Z a-z 0-9 . _ -')
+    .optional(),
+})
+
+export const UserIdParams = z.object({ id: z.uuid('must be a user id (UUID)') })
+
+export const UserPatchBody = z
+  .object({
+    disabled: z.boolean().optional(),
+    roles: z
+      .array(RoleName)
+      .min(1)
+      .max(2)
+      .refine((r) => new Set(r).size === r.length, 'must not repeat a role')
+      .optional(),
+  })
+  .refine((b) => b.disabled !== undefined || b.roles !== undefined, 'send disabled and/or roles')
+
+export const PasswordChangeBody = z.object({
+  current_password: z.string().max(1024),
+  new_password: z.string().max(1024).describe('follows the registration rules'),
+})
+
+export const PasswordConfirmBody = z.object({ password: z.string().max(1024) })
+
+/**
+ * POST /token (RFC 6749 §4.3.2). Duplicate form fields arrive as arrays and fail `z.string()`, which
+ * the error handler reports as invalid_request ("repeated"). Empty values were removed before this
+ * schema runs (RFC 6749 §3.2: a parameter without a value is omitted).
+ */
+export const TokenForm = z.object({
+  grant_type: z.string().optional().describe('`password` (the default when omitted) or `refresh_token`'),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  scope: z.string().optional().describe('space-separated: `user`, `admin`; default: all your roles allow'),
+  refresh_token: z.string().optional().describe('for grant_type=refresh_token'),
+  client_id: z.string().optional().describe('accepted and ignored'),
+  client_secret: z.string().optional().describe('accepted and ignored'),
+})
+export type TokenForm = z.infer<typeof TokenForm>
+
+export const TokenResponse = z.object({
+  access_token: z.string(),
+  token_type: z.literal('bearer'),
+  expires_in: z.number().int().describe('seconds until the access token expires'),
+  refresh_token: z.string().describe('opaque; single use: each refresh returns a new one'),
+  scope: z.string().describe('the scopes granted, space-separated'),
+})
+
+export const RevokeForm = z.object({
+  token: z.string().optional(),
+  token_type_hint: z.string().optional().describe('`access_token` or `refresh_token`'),
+  client_id: z.string().optional().describe('accepted and ignored'),
+  client_secret: z.string().optional().describe('accepted and ignored'),
+})
+
+export const Jwks = z.object({
+  keys: z.array(
+    z.object({
+      kty: z.string(),
+      kid: z.string(),
+      alg: z.string(),
+      use: z.string(),
+      crv: z.string().optional(),
+      x: z.string().optional(),
+      y: z.string().optional(),
+      n: z.string().optional(),
+      e: z.string().optional(),
+    }),
+  ),
+})
+
+export const Detail = z.object({ detail: z.string() })
+export const ValidationErrorBody = z.object({
+  detail: z.string(),
+  errors: z.array(z.object({ field: z.string(), message: z.string() })),
+})
+export const OAuthErrorBody = z.object({
+  error: z.string(),
+  error_description: z.string(),
+  detail: z.string(),
+})
+
+/** 204 responses have no body. */
+export const NoContent = z.null().describe('No content')
+/** RFC 7009 §2.2: the body of a successful revocation carries nothing. */
+export const EmptyObject = z.object({})

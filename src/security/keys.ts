@@ -1,0 +1,173 @@
+// Signing keys: the current key (signs and verifies) and previous keys (verify only, during a
+// rotation), each with a `kid`, plus the public JWKS. Keys come only from configuration: a token's
+// header never chooses key material (jwk/jku/x5u are ignored; kid only selects among ours).
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+
+export type JwtAlgorithm = 'HS256' | 'EdDSA' | 'ES256' | 'RS256'
+
+export interface SigningKey {
+  readonly kid: string
+  readonly alg: JwtAlgorithm
+  /** HS256: the secret. Asymmetric: the private key PEM (absent for a previous, verify-only key). */
+  readonly privateKey?: string
+  /** HS256: the secret. Asymmetric: the public key PEM. */
+  readonly verifyKey: string
+  /** The public JWK for /.well-known/jwks.json (asymmetric keys only). */
+  readonly jwk?: PublicJwk
+}
+
+export interface PublicJwk {
+  kty: string
+  kid: string
+  alg: JwtAlgorithm
+  use: 'sig'
+  crv?: string
+  x?: string
+  y?: string
+  n?: string
+  e?: string
+}
+
+export interface KeyRing {
+  readonly current: SigningKey
+  readonly previous: readonly SigningKey[]
+  /** True when the current asymmetric key pair was generated for this process (development). */
+  readonly ephemeral: boolean
+}
+
+export class KeyConfigError extends Error {}
+
+/** Builds the HS256 key for a secret. The kid is a truncated hash: it reveals nothing usable. */
+export function hmacKey(secret: string): SigningKey {
+  const kid = createHash('sha256').update('kid:').update(secret).digest('base64url').slice(0, 16)
+  return { kid, alg: 'HS256', privateKey: secret, verifyKey: secret }
+}
+
+const KEY_TYPES: Record<Exclude<JwtAlgorithm, 'HS256'>, (k: KeyObject) => boolean> = {
+  EdDSA: (k) => k.asymmetricKeyType === 'ed25519',
+  ES256: (k) => k.asymmetricKeyType === 'ec' && k.asymmetricKeyDetails?.namedCurve === 'prime256v1',
+  RS256: (k) => k.asymmetricKeyType === 'rsa' && (k.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048,
+}
+
+/** The algorithm a public key is for, or undefined when we do not support its type. */
+function algorithmOf(key: KeyObject): Exclude<JwtAlgorithm, 'HS256'> | undefined {
+  return (Object.keys(KEY_TYPES) as Exclude<JwtAlgorithm, 'HS256'>[]).find((alg) => KEY_TYPES[alg](key))
+}
+
+/** An asymmetric key from its public key (and private key, for the current one). */
+export function asymmetricKey(alg: Exclude<JwtAlgorithm, 'HS256'>, pub: KeyObject, priv?: KeyObject): SigningKey {
+  const exported = pub.export({ format: 'jwk' }) as Record<string, string>
+  // RFC 7638 thumbprint: the required members, in lexicographic order, hashed.
+  const required =
+    exported.kty === 'RSA' ? ['e', 'kty', 'n'] : exported.kty === 'EC' ? ['crv', 'kty', 'x', 'y'] : ['crv', 'kty', 'x']
+  const canonical = JSON.stringify(Object.fromEntries(required.map((m) => [m, exported[m]])))
+  const kid = createHash('sha256').update(canonical).digest('base64url')
+  const jwk: PublicJwk = { kty: exported.kty as string, kid, alg, use: 'sig' }
+  for (const m of ['crv', 'x', 'y', 'n', 'e'] as const) if (exported[m]) jwk[m] = exported[m]
+  return {
+    kid,
+    alg,
+    privateKey: priv?.export({ format: 'pem', type: 'pkcs8' }) as string | undefined,
+    verifyKey: pub.export({ format: 'pem', type: 'spki' }) as string,
+    jwk,
+  }
+}
+
+function generate(alg: Exclude<JwtAlgorithm, 'HS256'>): { publicKey: KeyObject; privateKey: KeyObject } {
+  if (alg === 'EdDSA') return generateKeyPairSync('ed25519')
+  if (alg === 'ES256') return generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
+  return generateKeyPairSync('rsa', { modulusLength: 2048 })
+}
+
+function readPem(path: string, variable: string): string {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch {
+    throw new KeyConfigError(`${variable}: cannot read the file`)
+  }
+}
+
+export interface KeyRingOptions {
+  algorithm: JwtAlgorithm
+  secret: string
+  privateKeyFile?: string
+  publicKeyFile?: string
+  previousKeys?: string
+  production: boolean
+}
+
+/**
+ * Loads the ring. Errors name the variable, never a value. JWT_PREVIOUS_KEYS is a comma-separated
+ * list: an entry starting with `/` or `.` is the path of a PEM public key (its algorithm follows
+ * from the key type), any other entry is a previous HS256 secret.
+ */
+export function loadKeyRing(o: KeyRingOptions): KeyRing {
+  let current: SigningKey
+  let ephemeral = false
+  if (o.algorithm === 'HS256') {
+    current = hmacKey(o.secret)
+  } else if (o.privateKeyFile) {
+    let priv: KeyObject
+    try {
+      priv = createPrivateKey(readPem(o.privateKeyFile, 'JWT_PRIVATE_KEY_FILE'))
+    } catch (err) {
+      if (err instanceof KeyConfigError) throw err
+      throw new KeyConfigError('JWT_PRIVATE_KEY_FILE: not a PEM private key')
+    }
+    const pub = createPublicKey(priv)
+    if (!KEY_TYPES[o.algorithm](pub))
+      throw new KeyConfigError(
+        `JWT_PRIVATE_KEY_FILE: not a key for ${o.algorithm} (EdDSA: Ed25519, ES256: P-256, RS256: RSA ≥ 2048 bits)`,
+      )
+    if (o.publicKeyFile) {
+      let given: KeyObject
+      try {
+        given = createPublicKey(readPem(o.publicKeyFile, 'JWT_PUBLIC_KEY_FILE'))
+      } catch (err) {
+        if (err instanceof KeyConfigError) throw err
+        throw new KeyConfigError('JWT_PUBLIC_KEY_FILE: not a PEM public key')
+      }
+      if (!given.equals(pub)) throw new KeyConfigError('JWT_PUBLIC_KEY_FILE: does not match JWT_PRIVATE_KEY_FILE')
+    }
+    current = asymmetricKey(o.algorithm, pub, priv)
+  } else if (o.production) {
+    throw new KeyConfigError(`JWT_PRIVATE_KEY_FILE: is required in production with JWT_ALGORITHM=${o.algorithm}`)
+  } else {
+    const pair = generate(o.algorithm)
+    current = asymmetricKey(o.algorithm, pair.publicKey, pair.privateKey)
+    ephemeral = true
+  }
+
+  const previous: SigningKey[] = []
+  for (const entry of (o.previousKeys ?? '')
+    .split(',')
+    .map((e) => e.trim())
+    .filter(Boolean)) {
+    if (entry.startsWith('/') || entry.startsWith('.')) {
+      let pub: KeyObject
+      try {
+        pub = createPublicKey(readPem(entry, 'JWT_PREVIOUS_KEYS'))
+      } catch (err) {
+        if (err instanceof KeyConfigError) throw err
+        throw new KeyConfigError('JWT_PREVIOUS_KEYS: an entry is not a PEM public key file')
+      }
+      const alg = algorithmOf(pub)
+      if (!alg) throw new KeyConfigError('JWT_PREVIOUS_KEYS: an entry is a key of an unsupported type')
+      previous.push(asymmetricKey(alg, pub))
+    } else {
+      if (o.production && Buffer.byteLength(entry) < 32)
+        throw new KeyConfigError('JWT_PREVIOUS_KEYS: a previous HS256 secret must be at least 32 bytes in production')
+      // A previous key verifies only: drop the signing half.
+      const { privateKey: _unused, ...verifyOnly } = hmacKey(entry)
+      previous.push(verifyOnly)
+    }
+  }
+  const unique = previous.filter((k, i) => k.kid !== current.kid && previous.findIndex((p) => p.kid === k.kid) === i)
+  return { current, previous: unique, ephemeral }
+}
+
+/** The public JWK Set: asymmetric public keys only; never a secret or a private member. */
+export function publicJwks(ring: KeyRing): { keys: PublicJwk[] } {
+  return { keys: [ring.current, ...ring.previous].flatMap((k) => (k.jwk ? [k.jwk] : [])) }
+}

@@ -1,0 +1,27 @@
+// The password policy for new passwords (registration, password change): NIST SP 800-63B-4 and
+// ASVS 6.2: a minimum length in code points, no composition rules, no truncation, and a block list.
+import { dictionary } from '@zxcvbn-ts/language-common'
+import { BCRYPT_MAX_BYTES, utf8Length } from './password.js'
+
+// The ~49,000 most common passwords, from a maintained package (zxcvbn-ts), loaded on first use so
+// that it costs nothing at cold start.
+let common: Set<string> | undefined
+function commonPasswords(): Set<string> {
+  common ??= new Set((dictionary['passwords-common'] as string[]).map((p) => p.toLowerCase()))
+  return common
+}
+
+/** Returns the problems with `password` as a new password for `username`; empty when it is fine. */
+export function passwordProblems(password: string, username: string | undefined, minLength: number): string[] {
+  const problems: string[] = []
+  if ([...password].length < minLength) problems.push(`must be at least ${minLength} characters`)
+  if (utf8Length(password) > BCRYPT_MAX_BYTES)
+    problems.push(
+      `must be at most ${BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt ignores every byte past 72, so longer passwords are refused rather than truncated)`,
+    )
+  if (password.includes('\0')) problems.push('must not contain a NUL character')
+  if (username !== undefined && password.toLowerCase() === username.toLowerCase())
+    problems.push('must not be the same as the username')
+  if (commonPasswords().has(password.toLowerCase())) problems.push('is too common; choose a less guessable password')
+  return problems
+}

@@ -1,0 +1,173 @@
+// Sessions: refresh-token families with rotation and reuse detection, and revocation of access
+// tokens and sessions (RFC 6749 §6 and §10.4, RFC 9700 §4.14, RFC 7009).
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
+import type { Config } from '../config.js'
+import { OAuthError } from '../errors.js'
+import { type AccessClaims, deniedSession, deniedToken } from '../plugins/auth.js'
+import type { DenyList, SessionStore } from '../store/sessions.js'
+import type { UserRecord, UserStore } from '../store/users.js'
+import { allowedScopes, type Scope } from './scopes.js'
+
+export interface IssuedTokens {
+  accessToken: string
+  refreshToken: string
+  expiresIn: number
+  scope: string
+  claims: AccessClaims
+}
+
+type IssueAccessToken = (user: UserRecord, scope: string, sid: string) => { accessToken: string; claims: AccessClaims }
+
+/** Refresh tokens are opaque: a prefix (so scanners and humans can tell them apart) and 256 random bits. */
+const REFRESH_PREFIX = 'rt_'
+const hashToken = (token: string) => createHash('sha256').update(token).digest('base64url')
+
+export class ReuseDetectedError extends OAuthError {
+  constructor(
+    readonly familyId: string,
+    readonly userId: string,
+  ) {
+    super('invalid_grant', 'Invalid refresh token')
+  }
+}
+
+export class SessionService {
+  constructor(
+    private readonly sessions: SessionStore,
+    private readonly users: UserStore,
+    private readonly denylist: DenyList,
+    private readonly jwt: Config['jwt'],
+    private readonly issueAccessToken: IssueAccessToken,
+  ) {}
+
+  /** A new session for a user who just proved their password. */
+  async start(user: UserRecord, scope: string): Promise<IssuedTokens> {
+    const now = Date.now()
+    const familyId = randomUUID()
+    const refreshToken = REFRESH_PREFIX + randomBytes(32).toString('base64url')
+    await this.sessions.createFamily(
+      {
+        id: familyId,
+        userId: user.id,
+        scope,
+        createdAt: new Date(now),
+        absoluteExpiresAt: new Date(now + this.jwt.refreshAbsoluteTtlSeconds * 1000),
+      },
+      {
+        hash: hashToken(refreshToken),
+        expiresAt: this.#refreshExpiry(now, now + this.jwt.refreshAbsoluteTtlSeconds * 1000),
+      },
+    )
+    const { accessToken, claims } = this.issueAccessToken(user, scope, familyId)
+    return { accessToken, refreshToken, expiresIn: this.jwt.accessTokenTtlSeconds, scope, claims }
+  }
+
+  /**
+   * grant_type=refresh_token: rotates the refresh token. A token that was already rotated is reuse:
+   * the whole family is revoked (the legitimate holder's current token dies too) → invalid_grant.
+   * `requestedScope`, if given, may only narrow the family's scope (RFC 6749 §6).
+   */
+  async refresh(refreshToken: string, requestedScope: string | undefined): Promise<IssuedTokens> {
+    const invalid = () => new OAuthError('invalid_grant', 'Invalid refresh token')
+    if (!refreshToken.startsWith(REFRESH_PREFIX) || refreshToken.length > 128) throw invalid()
+    const found = await this.sessions.findToken(hashToken(refreshToken))
+    if (!found) throw invalid()
+    const { token, family } = found
+    const now = Date.now()
+    if (family.revoked) throw invalid()
+    if (token.rotated) {
+      await this.revokeSession(family.id)
+      throw new ReuseDetectedError(family.id, family.userId)
+    }
+    if (token.expiresAt.getTime() <= now || family.absoluteExpiresAt.getTime() <= now) throw invalid()
+    const user = await this.users.findById(family.userId)
+    if (!user || user.disabled) {
+      await this.revokeSession(family.id)
+      throw invalid()
+    }
+    // The scope can only shrink: what the family was granted, within what the roles allow today.
+    const allowed = allowedScopes(user.roles)
+    const familyScopes = family.scope.split(' ').filter((s) => allowed.includes(s as Scope))
+    let scopes = familyScopes
+    if (requestedScope !== undefined) {
+      const requested = requestedScope.split(' ').filter(Boolean)
+      if (requested.some((s) => !familyScopes.includes(s)))
+        throw new OAuthError('invalid_scope', 'The requested scope exceeds the scope granted')
+      scopes = requested
+    }
+    if (scopes.length === 0) throw new OAuthError('invalid_scope', 'No scope left to grant')
+    const next = REFRESH_PREFIX + randomBytes(32).toString('base64url')
+    const rotated = await this.sessions.rotate(family.id, token.hash, {
+      hash: hashToken(next),
+      expiresAt: this.#refreshExpiry(now, family.absoluteExpiresAt.getTime()),
+    })
+    if (!rotated) {
+      // Someone presented the same token concurrently: one of the two is not the legitimate holder.
+      await this.revokeSession(family.id)
+      throw new ReuseDetectedError(family.id, family.userId)
+    }
+    const scope = scopes.join(' ')
+    const { accessToken, claims } = this.issueAccessToken(user, scope, family.id)
+    return { accessToken, refreshToken: next, expiresIn: this.jwt.accessTokenTtlSeconds, scope, claims }
+  }
+
+  /** Revokes a session: its refresh tokens stop working, and so do its access tokens (by `sid`). */
+  async revokeSession(familyId: string): Promise<void> {
+    await this.sessions.revokeFamily(familyId)
+    await this.denylist.add(deniedSession(familyId), this.#lastAccessExpiry())
+  }
+
+  /** Revokes one access token until it would have expired anyway. */
+  async revokeAccessToken(claims: AccessClaims): Promise<void> {
+    await this.denylist.add(deniedToken(claims.jti), claims.exp + this.jwt.clockSkewSeconds)
+  }
+
+  /** /logout: this access token and its session; the user's other sessions keep working. */
+  async logout(claims: AccessClaims): Promise<void> {
+    await this.revokeAccessToken(claims)
+    await this.revokeSession(claims.sid)
+  }
+
+  /**
+   * RFC 7009: revoke whatever this token is (a refresh token → its family; an access token of
+   * ours → it and its session). Unknown or invalid tokens are not an error.
+   */
+  async revoke(token: string, hint: string | undefined, verifyAccess: (t: string) => AccessClaims): Promise<void> {
+    const asRefresh = async () => {
+      if (!token.startsWith(REFRESH_PREFIX)) return false
+      const found = await this.sessions.findToken(hashToken(token))
+      if (found) await this.revokeSession(found.family.id)
+      return found !== undefined
+    }
+    const asAccess = async () => {
+      let claims: AccessClaims
+      try {
+        claims = verifyAccess(token)
+      } catch {
+        return false
+      }
+      await this.logout(claims)
+      return true
+    }
+    // The hint only orders the lookups (RFC 7009 §2.1); both kinds are tried.
+    if (hint === 'access_token') {
+      if (!(await asAccess())) await asRefresh()
+    } else if (!(await asRefresh())) await asAccess()
+  }
+
+  /** Every session of the user ends (password change, disable, delete). */
+  async endAllSessions(userId: string): Promise<void> {
+    const ids = await this.sessions.revokeAllForUser(userId)
+    const until = this.#lastAccessExpiry()
+    await Promise.all(ids.map((id) => this.denylist.add(deniedSession(id), until)))
+  }
+
+  #refreshExpiry(now: number, absoluteExpiry: number): Date {
+    return new Date(Math.min(now + this.jwt.refreshTokenTtlSeconds * 1000, absoluteExpiry))
+  }
+
+  /** No access token issued before now outlives this instant. */
+  #lastAccessExpiry(): number {
+    return Math.ceil(Date.now() / 1000) + this.jwt.accessTokenTtlSeconds + this.jwt.clockSkewSeconds
+  }
+}

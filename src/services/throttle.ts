@@ -1,0 +1,98 @@
+// Login throttling by consecutive failures: per account (soft lockout with growing delays) and per
+// client address. Written by hand on a CounterStore rather than with @fastify/rate-limit, which
+// counts requests: a lockout must count failures only, reset on success, and reserve its slot
+// before the password is checked so that concurrent attempts cannot slip past the limit.
+// (@fastify/rate-limit still caps raw request rates on /token and /register; see routes/auth.ts.)
+import type { Config } from '../config.js'
+import { ApiError } from '../errors.js'
+import type { CounterStore } from '../store/counters.js'
+import { normaliseUsername } from '../store/users.js'
+
+export interface Attempt {
+  readonly accountKey: string
+  readonly lockKey: string
+  readonly ipKey: string
+  /** This attempt's position in the run of consecutive failures (1 = first). */
+  readonly failureNumber: number
+}
+
+export class TooManyAttemptsError extends ApiError {
+  constructor(
+    retryAfterSeconds: number,
+    readonly reason: 'account' | 'address',
+  ) {
+    super(429, 'Too many failed login attempts; try again later', { 'retry-after': String(retryAfterSeconds) })
+    this.name = 'TooManyAttemptsError'
+  }
+}
+
+// How long a run of failures is remembered without a success; longer than any lock.
+const FAILURE_MEMORY_MS = 24 * 3600 * 1000
+
+export class LoginThrottle {
+  constructor(
+    private readonly counters: CounterStore,
+    private readonly limits: Config['throttle'],
+  ) {}
+
+  /**
+   * Call before checking a password. Throws TooManyAttemptsError (429) when the account is locked
+   * or the address is over its limit; otherwise reserves the attempt as a failure until `succeeded`.
+   * Keyed on the normalised username whether or not the account exists, so that 429-versus-400
+   * tells nothing about which accounts exist.
+   */
+  async begin(username: string, ip: string): Promise<Attempt> {
+    const name = normaliseUsername(username).slice(0, 64)
+    const accountKey = `login:fail:${name}`
+    const lockKey = `login:lock:${name}`
+    const ipKey = `login:ip:${ip}`
+    const { ipMaxFailures, ipWindowSeconds, accountMaxFailures } = this.limits
+
+    const [ipCount, lock] = await Promise.all([this.counters.get(ipKey), this.counters.get(lockKey)])
+    if (ipCount && ipCount.value >= ipMaxFailures) throw new TooManyAttemptsError(seconds(ipCount.ttlMs), 'address')
+    if (lock) throw new TooManyAttemptsError(seconds(lock.ttlMs), 'account')
+
+    const ipNow = await this.counters.incr(ipKey, 1, ipWindowSeconds * 1000)
+    if (ipNow.value > ipMaxFailures) {
+      await this.counters.incr(ipKey, -1, ipWindowSeconds * 1000)
+      throw new TooManyAttemptsError(seconds(ipNow.ttlMs), 'address')
+    }
+    const { value: failureNumber } = await this.counters.incr(accountKey, 1, FAILURE_MEMORY_MS)
+    if (failureNumber > accountMaxFailures) {
+      // Past the limit, one attempt per lock period: whoever sets the lock gets to try; the lock
+      // it sets (for the next, longer period) stays if this attempt fails too.
+      const lockMs = this.lockSeconds(failureNumber) * 1000
+      if (!(await this.counters.setIfAbsent(lockKey, lockMs))) {
+        await this.counters.incr(accountKey, -1, FAILURE_MEMORY_MS)
+        await this.counters.incr(ipKey, -1, ipWindowSeconds * 1000)
+        const current = await this.counters.get(lockKey)
+        throw new TooManyAttemptsError(seconds(current?.ttlMs ?? lockMs), 'account')
+      }
+    }
+    return { accountKey, lockKey, ipKey, failureNumber }
+  }
+
+  /** The password was right: the account's run of failures ends and the address gets its slot back. */
+  async succeeded(attempt: Attempt): Promise<void> {
+    await this.counters.delete(attempt.accountKey, attempt.lockKey)
+    await this.counters.incr(attempt.ipKey, -1, this.limits.ipWindowSeconds * 1000)
+  }
+
+  /** The password was wrong. Returns true when this failure locked the account. */
+  async failed(attempt: Attempt): Promise<boolean> {
+    if (attempt.failureNumber !== this.limits.accountMaxFailures)
+      return attempt.failureNumber > this.limits.accountMaxFailures
+    return this.counters.setIfAbsent(attempt.lockKey, this.lockSeconds(attempt.failureNumber) * 1000)
+  }
+
+  /** The lock after the n-th consecutive failure: doubling from LOGIN_LOCKOUT_SECONDS, capped. */
+  lockSeconds(failureNumber: number): number {
+    const { lockoutSeconds, lockoutMaxSeconds, accountMaxFailures } = this.limits
+    const doublings = Math.min(Math.max(0, failureNumber - accountMaxFailures), 30)
+    return Math.min(lockoutSeconds * 2 ** doublings, lockoutMaxSeconds)
+  }
+}
+
+function seconds(ms: number): number {
+  return Math.max(1, Math.ceil(ms / 1000))
+}

@@ -1,0 +1,167 @@
+// The rules for accounts: registration, password checks (login, password change, deletion),
+// the admin operations, and the public views of a user.
+import { randomUUID } from 'node:crypto'
+import { ApiError, invalidGrant, UsernameTakenError } from '../errors.js'
+import { USERNAME_PATTERN, type UserAdminView, type UserPublic } from '../schemas.js'
+import { BCRYPT_MAX_BYTES, type PasswordHasher, utf8Length } from '../security/password.js'
+import { passwordProblems } from '../security/policy.js'
+import type { ListQuery, Role, UserPatch, UserRecord, UserStore } from '../store/users.js'
+import type { SessionService } from './sessions.js'
+import type { LoginThrottle } from './throttle.js'
+
+export interface Registration {
+  username: string
+  email: string | null
+  password: string
+  roles?: readonly Role[]
+}
+
+export interface LoginResult {
+  user: UserRecord
+}
+
+export class NotFoundError extends ApiError {
+  constructor(what = 'User') {
+    super(404, `${what} not found`)
+  }
+}
+
+export class UserService {
+  constructor(
+    private readonly store: UserStore,
+    private readonly hasher: PasswordHasher,
+    private readonly throttle: LoginThrottle,
+    private readonly sessions: SessionService,
+    private readonly passwordMinLength: number,
+    /** Told about each lockout (audit). */
+    private readonly onLockout: (username: string, ip: string) => void = () => {},
+  ) {}
+
+  /** Creates the account; throws UsernameTakenError (409) if the name is taken in any case. */
+  async register({ username, email, password, roles = ['user'] }: Registration): Promise<UserRecord> {
+    // Cheap early answer before paying for bcrypt; the store re-checks atomically on insert.
+    if (await this.store.findByUsername(username)) throw new UsernameTakenError()
+    const passwordHash = await this.hasher.hash(password)
+    const created = await this.store.create({
+      id: randomUUID(),
+      username,
+      email,
+      passwordHash,
+      createdAt: new Date(),
+      roles,
+    })
+    if (!created) throw new UsernameTakenError()
+    return created
+  }
+
+  /**
+   * The user these credentials belong to, or invalid_grant. Throttled per account and per address
+   * (429 before any password is checked). Every failure costs one bcrypt compare: an unknown or
+   * impossible username compares against a dummy hash of the same cost, so the answer and its
+   * timing are the same as for a wrong password. A disabled account answers its right password
+   * like a wrong one.
+   */
+  async login(username: string, password: string, ip: string): Promise<UserRecord> {
+    const attempt = await this.throttle.begin(username, ip)
+    const user = USERNAME_PATTERN.test(username) ? await this.store.findByUsername(username) : undefined
+    const ok = await this.#verify(password, user?.passwordHash)
+    if (!ok || !user || user.disabled) {
+      if (await this.throttle.failed(attempt)) this.onLockout(username, ip)
+      throw invalidGrant()
+    }
+    await this.throttle.succeeded(attempt)
+    return user
+  }
+
+  /** For password change and deletion: the account's own password, throttled like a login. */
+  async confirmPassword(user: UserRecord, password: string, ip: string): Promise<void> {
+    const attempt = await this.throttle.begin(user.username, ip)
+    if (!(await this.#verify(password, user.passwordHash))) {
+      if (await this.throttle.failed(attempt)) this.onLockout(user.username, ip)
+      throw new ApiError(400, 'Password is incorrect')
+    }
+    await this.throttle.succeeded(attempt)
+  }
+
+  /** Every refresh token and access token issued before the change stops working. */
+  async changePassword(user: UserRecord, current: string, next: string, ip: string): Promise<void> {
+    await this.confirmPassword(user, current, ip)
+    const passwordHash = await this.hasher.hash(next)
+    if (!(await this.store.update(user.id, { passwordHash, bumpTokenVersion: true }))) throw new NotFoundError()
+    await this.sessions.endAllSessions(user.id)
+  }
+
+  /** Problems with `password` as a new password for `username` (the registration rules). */
+  newPasswordProblems(password: string, username: string): string[] {
+    return passwordProblems(password, username, this.passwordMinLength)
+  }
+
+  async deleteSelf(user: UserRecord, password: string, ip: string): Promise<void> {
+    await this.confirmPassword(user, password, ip)
+    await this.delete(user.id)
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.sessions.endAllSessions(id)
+    if (!(await this.store.delete(id))) throw new NotFoundError()
+  }
+
+  async get(id: string): Promise<UserRecord> {
+    const user = await this.store.findById(id)
+    if (!user) throw new NotFoundError()
+    return user
+  }
+
+  list(query: ListQuery) {
+    return this.store.list(query)
+  }
+
+  /**
+   * Admin changes. Disabling, or changing roles, invalidates the user's access tokens (their scope
+   * or their right to exist changed); disabling also ends every session.
+   */
+  async patch(id: string, changes: { disabled?: boolean; roles?: readonly Role[] }): Promise<UserRecord> {
+    const patch: UserPatch = { ...changes, bumpTokenVersion: changes.disabled === true || changes.roles !== undefined }
+    const updated = await this.store.update(id, patch)
+    if (!updated) throw new NotFoundError()
+    if (changes.disabled) await this.sessions.endAllSessions(id)
+    return updated
+  }
+
+  /** ADMIN_USERNAME/ADMIN_PASSWORD at boot: create that account as an admin, or promote it. */
+  async ensureAdmin(username: string, password: string): Promise<{ user: UserRecord; created: boolean }> {
+    const existing = await this.store.findByUsername(username)
+    if (existing) {
+      // Only an account that already has this password is promoted: otherwise whoever registered
+      // the name first would become admin.
+      if (!(await this.#verify(password, existing.passwordHash)))
+        throw new Error('ADMIN_USERNAME: the account exists with another password; it was not promoted')
+      const roles = existing.roles.includes('admin') ? existing.roles : [...existing.roles, 'admin' as const]
+      const user = await this.store.update(existing.id, { roles, disabled: false })
+      return { user: user as UserRecord, created: false }
+    }
+    const problems = passwordProblems(password, username, this.passwordMinLength)
+    if (!USERNAME_PATTERN.test(username)) problems.unshift('the username does not follow the username rules')
+    if (problems.length > 0) throw new Error(`ADMIN_PASSWORD: ${problems.join('; ')}`)
+    return { user: await this.register({ username, email: null, password, roles: ['user', 'admin'] }), created: true }
+  }
+
+  /** bcrypt would truncate a longer password and let a 73-byte variant of a 72-byte one in. */
+  #verify(password: string, hash: string | undefined): Promise<boolean> {
+    const usable = utf8Length(password) <= BCRYPT_MAX_BYTES && !password.includes('\0')
+    return this.hasher.verify(usable ? password : '', usable ? hash : undefined)
+  }
+}
+
+export function toPublic(user: UserRecord): UserPublic {
+  return {
+    id: user.id,
+    username: user.username,
+    email: user.email,
+    created_at: user.createdAt.toISOString(),
+  }
+}
+
+export function toAdminView(user: UserRecord): UserAdminView {
+  return { ...toPublic(user), roles: [...user.roles], disabled: user.disabled }
+}

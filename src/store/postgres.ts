@@ -1,0 +1,555 @@
+// The PostgreSQL stores: users, refresh-token families and the access-token denylist, behind the
+// same interfaces as the in-memory ones. Every query is parameterised. A database that cannot be
+// reached becomes StoreUnavailableError('postgres') (a quick 503), never a hang or a 500.
+import pg from 'pg'
+import { StoreUnavailableError } from '../errors.js'
+import {
+  type DenyList,
+  MemoryDenyList,
+  type NewRefreshToken,
+  type RefreshFamily,
+  type RefreshTokenRecord,
+  type SessionStore,
+} from './sessions.js'
+import {
+  type ListQuery,
+  type NewUser,
+  normaliseUsername,
+  type Role,
+  type UserPatch,
+  type UserRecord,
+  type UserStore,
+} from './users.js'
+
+export interface PgPoolOptions {
+  /** Puts this schema first on every connection's search_path (tests use one schema per run). */
+  schema?: string
+  /** Largest number of connections (default 10). */
+  max?: number
+  /** How long to wait for a connection, from the pool or from the server (default 2000 ms). */
+  connectionTimeoutMillis?: number
+  /** Client-side and server-side limit on each statement (default 5000 ms). */
+  queryTimeoutMs?: number
+  /** Shown in pg_stat_activity (default 'fastify-auth-server'). */
+  applicationName?: string
+  /** Errors of idle connections (the server restarted, the network dropped); ignored when omitted. */
+  onError?: (err: Error) => void
+}
+
+/** An unquoted SQL identifier: safe to put in the startup `options` without quoting. */
+const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
+
+/**
+ * A pool with short timeouts, so that an unreachable or stuck database fails requests in seconds.
+ * The 'error' listener matters: without one, an idle connection dropped by the server would emit
+ * an unhandled 'error' and end the process.
+ */
+export function createPgPool(url: string, options: PgPoolOptions = {}): pg.Pool {
+  if (options.schema !== undefined && !SCHEMA_NAME.test(options.schema)) {
+    throw new Error('invalid schema name: letters, digits and _ only, not starting with a digit')
+  }
+  const queryTimeoutMs = options.queryTimeoutMs ?? 5_000
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2_000,
+    idleTimeoutMillis: 30_000,
+    query_timeout: queryTimeoutMs,
+    statement_timeout: queryTimeoutMs,
+    // A transaction left open by a crashed request must not hold its row locks for long.
+    idle_in_transaction_session_timeout: 10_000,
+    keepAlive: true,
+    application_name: options.applicationName ?? 'fastify-auth-server',
+    ...(options.schema === undefined ? {} : { options: `-c search_path=${options.schema}` }),
+  })
+  pool.on('error', options.onError ?? (() => {}))
+  return pool
+}
+
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  '57P01', // admin_shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up, shutting down)
+  '57014', // query_canceled: statement_timeout
+  '25P03', // idle_in_transaction_session_timeout
+])
+const UNAVAILABLE_MESSAGE =
+  /Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Client was closed|Cannot use a pool after calling end/i
+
+/**
+ * True when the error says the database cannot be reached or did not answer in time: SQLSTATE
+ * classes 08 (connection exception) and 53 (insufficient resources, e.g. too many connections),
+ * shutdowns, timeouts, and the socket errors of node:net (AggregateError when several addresses
+ * were tried).
+ */
+export function isPgUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || /^(08|53)/.test(code))) return true
+  if (err instanceof AggregateError && err.errors.some(isPgUnavailable)) return true
+  return UNAVAILABLE_MESSAGE.test(err.message)
+}
+
+/** StoreUnavailableError('postgres') for connection failures (the original as `cause`); others unchanged. */
+function storeError(err: unknown): unknown {
+  if (err instanceof StoreUnavailableError || !isPgUnavailable(err)) return err
+  const wrapped = new StoreUnavailableError('postgres')
+  wrapped.cause = err
+  return wrapped
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** Ids come from randomUUID; anything else cannot be in a uuid column (and would be a 22P02 error). */
+const isUuid = (id: string): boolean => UUID.test(id)
+
+/** Escapes LIKE's wildcards (and its escape character, backslash), so a prefix matches literally. */
+export function escapeLike(value: string): string {
+  return value.replace(/[\\%_]/g, '\\$&')
+}
+
+/** The pool to use and whether the store made it (and so ends it on close). */
+function openPool(source: pg.Pool | string): { pool: pg.Pool; owned: boolean } {
+  return typeof source === 'string' ? { pool: createPgPool(source), owned: true } : { pool: source, owned: false }
+}
+
+async function query<R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  text: string,
+  values: unknown[] = [],
+): Promise<pg.QueryResult<R>> {
+  try {
+    return await pool.query<R>(text, values)
+  } catch (err) {
+    throw storeError(err)
+  }
+}
+
+/** Runs `fn` in a transaction on one connection; a connection that failed is discarded, not reused. */
+async function transaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  let client: pg.PoolClient
+  try {
+    client = await pool.connect()
+  } catch (err) {
+    throw storeError(err)
+  }
+  try {
+    await client.query('BEGIN')
+    const result = await fn(client)
+    await client.query('COMMIT')
+    client.release()
+    return result
+  } catch (err) {
+    const rolledBack = await client.query('ROLLBACK').then(
+      () => true,
+      () => false,
+    )
+    client.release(rolledBack ? undefined : true)
+    throw storeError(err)
+  }
+}
+
+async function ping(pool: pg.Pool): Promise<void> {
+  await query(pool, 'SELECT 1')
+}
+
+// --- users -------------------------------------------------------------------------------------
+
+interface UserRow {
+  id: string
+  username: string
+  email: string | null
+  password_hash: string
+  created_at: Date
+  roles: string[]
+  disabled: boolean
+  token_version: number
+}
+
+const USER_COLUMNS = 'id, username, email, password_hash, created_at, roles, disabled, token_version'
+
+/** Frozen like the in-memory store's records: a reader can never change what the store holds. */
+function toUser(row: UserRow): UserRecord {
+  return Object.freeze({
+    id: row.id,
+    username: row.username,
+    email: row.email,
+    passwordHash: row.password_hash,
+    createdAt: row.created_at,
+    roles: Object.freeze([...row.roles]) as readonly Role[],
+    disabled: row.disabled,
+    tokenVersion: row.token_version,
+  })
+}
+
+export class PostgresUserStore implements UserStore {
+  readonly #pool: pg.Pool
+  readonly #ownsPool: boolean
+
+  /** A pool (shared; the caller ends it) or a URL (a pool of its own, ended by close()). */
+  constructor(pool: pg.Pool | string) {
+    const { pool: p, owned } = openPool(pool)
+    this.#pool = p
+    this.#ownsPool = owned
+  }
+
+  async create(user: NewUser): Promise<UserRecord | null> {
+    // ON CONFLICT on the unique username_key: of two concurrent inserts of Bob and bob, the second
+    // waits for the first to commit and then inserts nothing. Zero rows back means the name is taken.
+    const { rows } = await query<UserRow>(
+      this.#pool,
+      `INSERT INTO users (id, username, username_key, email, password_hash, created_at, roles)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)
+       ON CONFLICT (username_key) DO NOTHING
+       RETURNING ${USER_COLUMNS}`,
+      [
+        user.id,
+        user.username,
+        normaliseUsername(user.username),
+        user.email,
+        user.passwordHash,
+        user.createdAt,
+        [...user.roles],
+      ],
+    )
+    return rows[0] ? toUser(rows[0]) : null
+  }
+
+  async findById(id: string): Promise<UserRecord | undefined> {
+    if (!isUuid(id)) return undefined
+    const { rows } = await query<UserRow>(this.#pool, `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`, [id])
+    return rows[0] && toUser(rows[0])
+  }
+
+  async findByUsername(username: string): Promise<UserRecord | undefined> {
+    const { rows } = await query<UserRow>(this.#pool, `SELECT ${USER_COLUMNS} FROM users WHERE username_key = $1`, [
+      normaliseUsername(username),
+    ])
+    return rows[0] && toUser(rows[0])
+  }
+
+  async update(id: string, patch: UserPatch): Promise<UserRecord | undefined> {
+    if (!isUuid(id)) return undefined
+    // One statement for every patch shape: a NULL parameter keeps the column as it is.
+    const { rows } = await query<UserRow>(
+      this.#pool,
+      `UPDATE users SET
+         password_hash = COALESCE($2, password_hash),
+         roles = COALESCE($3::text[], roles),
+         disabled = COALESCE($4, disabled),
+         token_version = token_version + $5
+       WHERE id = $1
+       RETURNING ${USER_COLUMNS}`,
+      [
+        id,
+        patch.passwordHash ?? null,
+        patch.roles ? [...patch.roles] : null,
+        patch.disabled ?? null,
+        patch.bumpTokenVersion ? 1 : 0,
+      ],
+    )
+    return rows[0] && toUser(rows[0])
+  }
+
+  async delete(id: string): Promise<boolean> {
+    if (!isUuid(id)) return false
+    const { rowCount } = await query(this.#pool, 'DELETE FROM users WHERE id = $1', [id])
+    return rowCount === 1
+  }
+
+  async list(listQuery: ListQuery): Promise<{ items: UserRecord[]; total: number }> {
+    const prefix = escapeLike(normaliseUsername(listQuery.usernamePrefix ?? ''))
+    // Backslash is LIKE's default escape character; username_key is COLLATE "C", so the order is
+    // the in-memory store's and the unique index serves both the prefix match and the ORDER BY.
+    const [page, count] = await Promise.all([
+      query<UserRow>(
+        this.#pool,
+        `SELECT ${USER_COLUMNS} FROM users
+         WHERE username_key LIKE ($1::text || '%')
+         ORDER BY username_key
+         LIMIT $2 OFFSET $3`,
+        [prefix, listQuery.limit, listQuery.offset],
+      ),
+      query<{ total: number }>(
+        this.#pool,
+        `SELECT count(*)::int AS total FROM users WHERE username_key LIKE ($1::text || '%')`,
+        [prefix],
+      ),
+    ])
+    return { items: page.rows.map(toUser), total: count.rows[0]?.total ?? 0 }
+  }
+
+  async count(): Promise<number> {
+    const { rows } = await query<{ n: number }>(this.#pool, 'SELECT count(*)::int AS n FROM users')
+    return rows[0]?.n ?? 0
+  }
+
+  /** Readiness: resolves when the database answers, else StoreUnavailableError. */
+  ping(): Promise<void> {
+    return ping(this.#pool)
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsPool) await this.#pool.end()
+  }
+}
+
+// --- refresh-token families --------------------------------------------------------------------
+
+interface TokenRow {
+  hash: string
+  family_id: string
+  expires_at: Date
+  rotated: boolean
+  user_id: string
+  scope: string
+  created_at: Date
+  absolute_expires_at: Date
+  revoked: boolean
+}
+
+export class PostgresSessionStore implements SessionStore {
+  readonly #pool: pg.Pool
+  readonly #ownsPool: boolean
+
+  /** A pool (shared; the caller ends it) or a URL (a pool of its own, ended by close()). */
+  constructor(pool: pg.Pool | string) {
+    const { pool: p, owned } = openPool(pool)
+    this.#pool = p
+    this.#ownsPool = owned
+  }
+
+  async createFamily(family: Omit<RefreshFamily, 'revoked'>, token: NewRefreshToken): Promise<void> {
+    // One statement, so the family never exists without its first token.
+    await query(
+      this.#pool,
+      `WITH family AS (
+         INSERT INTO refresh_families (id, user_id, scope, created_at, absolute_expires_at, current_hash)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id
+       )
+       INSERT INTO refresh_tokens (hash, family_id, expires_at)
+       SELECT $6, id, $7 FROM family`,
+      [family.id, family.userId, family.scope, family.createdAt, family.absoluteExpiresAt, token.hash, token.expiresAt],
+    )
+  }
+
+  async findToken(hash: string): Promise<{ token: RefreshTokenRecord; family: RefreshFamily } | undefined> {
+    const { rows } = await query<TokenRow>(
+      this.#pool,
+      `SELECT t.hash, t.family_id, t.expires_at, t.rotated,
+              f.user_id, f.scope, f.created_at, f.absolute_expires_at, f.revoked
+       FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+       WHERE t.hash = $1`,
+      [hash],
+    )
+    const row = rows[0]
+    if (!row) return undefined
+    return {
+      token: { hash: row.hash, familyId: row.family_id, expiresAt: row.expires_at, rotated: row.rotated },
+      family: {
+        id: row.family_id,
+        userId: row.user_id,
+        scope: row.scope,
+        createdAt: row.created_at,
+        absoluteExpiresAt: row.absolute_expires_at,
+        revoked: row.revoked,
+      },
+    }
+  }
+
+  async rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
+    return transaction(this.#pool, async (client) => {
+      // The row lock makes concurrent refreshes of one family take turns: the second one sees the
+      // first one's new current_hash and gets false (then the service treats it as reuse).
+      const family = await client.query<{ revoked: boolean; current_hash: string }>(
+        'SELECT revoked, current_hash FROM refresh_families WHERE id = $1 FOR UPDATE',
+        [familyId],
+      )
+      const row = family.rows[0]
+      if (!row || row.revoked || row.current_hash !== oldHash) return false
+      const old = await client.query(
+        'UPDATE refresh_tokens SET rotated = true WHERE hash = $1 AND family_id = $2 AND NOT rotated',
+        [oldHash, familyId],
+      )
+      if (old.rowCount !== 1) return false
+      await client.query('INSERT INTO refresh_tokens (hash, family_id, expires_at) VALUES ($1, $2, $3)', [
+        next.hash,
+        familyId,
+        next.expiresAt,
+      ])
+      await client.query('UPDATE refresh_families SET current_hash = $2 WHERE id = $1', [familyId, next.hash])
+      return true
+    })
+  }
+
+  async revokeFamily(familyId: string): Promise<void> {
+    await query(this.#pool, 'UPDATE refresh_families SET revoked = true WHERE id = $1', [familyId])
+  }
+
+  async revokeAllForUser(userId: string): Promise<string[]> {
+    if (!isUuid(userId)) return []
+    const { rows } = await query<{ id: string }>(
+      this.#pool,
+      'UPDATE refresh_families SET revoked = true WHERE user_id = $1 AND NOT revoked RETURNING id',
+      [userId],
+    )
+    return rows.map((r) => r.id)
+  }
+
+  async sweep(now: Date): Promise<void> {
+    // Their tokens go with them (ON DELETE CASCADE).
+    await query(this.#pool, 'DELETE FROM refresh_families WHERE absolute_expires_at <= $1', [now])
+  }
+
+  /** Readiness: resolves when the database answers, else StoreUnavailableError. */
+  ping(): Promise<void> {
+    return ping(this.#pool)
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsPool) await this.#pool.end()
+  }
+}
+
+// --- access-token denylist ---------------------------------------------------------------------
+
+export interface PostgresDenyListOptions {
+  /** How often to fetch entries other instances added (default 500 ms). */
+  pollIntervalMs?: number
+  /** healthy() turns false when the last successful poll is older than this (default 2000 ms). */
+  staleAfterMs?: number
+  /**
+   * Each poll re-reads rows added this long before the newest one seen, so that an insert whose
+   * commit lagged behind its added_at is still picked up (default 10 s: twice the statement timeout).
+   */
+  lookbackMs?: number
+  /** How often to delete expired rows from the table (default 60 s). */
+  sweepIntervalMs?: number
+}
+
+/**
+ * The denylist in PostgreSQL, for deployments without Redis. has() must stay a Map lookup, so each
+ * instance keeps an in-memory mirror and polls the table for rows added since the last poll: a
+ * revocation on one instance is enforced on the others within about one poll interval. While the
+ * table cannot be read, healthy() is false and callers fail closed.
+ */
+export class PostgresDenyList implements DenyList {
+  readonly #pool: pg.Pool
+  readonly #ownsPool: boolean
+  readonly #mirror = new MemoryDenyList()
+  readonly #staleAfterMs: number
+  readonly #lookbackSeconds: number
+  readonly #pollTimer: NodeJS.Timeout
+  readonly #sweepTimer: NodeJS.Timeout
+  /** added_at of the newest row seen, as PostgreSQL printed it (microseconds kept). */
+  #cursor: string | null = null
+  #lastPollAt = 0
+  #lastPollFailed = true
+  #polling: Promise<void> | undefined
+  #closed = false
+
+  /** A pool (shared; the caller ends it) or a URL (a pool of its own, ended by close()). */
+  constructor(pool: pg.Pool | string, options: PostgresDenyListOptions = {}) {
+    const { pool: p, owned } = openPool(pool)
+    this.#pool = p
+    this.#ownsPool = owned
+    this.#staleAfterMs = options.staleAfterMs ?? 2_000
+    this.#lookbackSeconds = (options.lookbackMs ?? 10_000) / 1000
+    this.#pollTimer = setInterval(() => this.#pollInBackground(), options.pollIntervalMs ?? 500)
+    this.#pollTimer.unref()
+    this.#sweepTimer = setInterval(() => {
+      query(this.#pool, 'DELETE FROM revoked_tokens WHERE expires_at <= now()').catch(() => {})
+    }, options.sweepIntervalMs ?? 60_000)
+    this.#sweepTimer.unref()
+    this.#pollInBackground()
+  }
+
+  async add(id: string, expiresAtSeconds: number): Promise<void> {
+    try {
+      if (expiresAtSeconds > Date.now() / 1000) {
+        await query(
+          this.#pool,
+          `INSERT INTO revoked_tokens (id, expires_at) VALUES ($1, to_timestamp($2))
+           ON CONFLICT (id) DO UPDATE
+             SET expires_at = GREATEST(revoked_tokens.expires_at, EXCLUDED.expires_at), added_at = clock_timestamp()`,
+          [id, expiresAtSeconds],
+        )
+      }
+    } finally {
+      // Enforced here even when the write failed: this instance at least never accepts the token again.
+      this.#mirror.remember(id, expiresAtSeconds)
+    }
+  }
+
+  has(id: string): boolean {
+    return this.#mirror.has(id)
+  }
+
+  healthy(): boolean {
+    return !this.#lastPollFailed && Date.now() - this.#lastPollAt <= this.#staleAfterMs
+  }
+
+  /** Fetches new entries now (also what the timer does); StoreUnavailableError when the table cannot be read. */
+  async refresh(): Promise<void> {
+    while (this.#polling) await this.#polling.catch(() => {})
+    const poll = this.#poll()
+    this.#polling = poll
+    try {
+      await poll
+    } finally {
+      if (this.#polling === poll) this.#polling = undefined
+    }
+  }
+
+  /** Readiness: resolves when the database answers, else StoreUnavailableError. */
+  ping(): Promise<void> {
+    return ping(this.#pool)
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    clearInterval(this.#pollTimer)
+    clearInterval(this.#sweepTimer)
+    await this.#polling?.catch(() => {})
+    await this.#mirror.close()
+    if (this.#ownsPool) await this.#pool.end()
+  }
+
+  #pollInBackground(): void {
+    if (this.#polling || this.#closed) return
+    this.refresh().catch(() => {})
+  }
+
+  async #poll(): Promise<void> {
+    try {
+      // The first poll (cursor NULL) loads every live entry; later ones only what is new.
+      const { rows } = await query<{ id: string; exp: number; added_at: string }>(
+        this.#pool,
+        `SELECT id, extract(epoch FROM expires_at)::float8 AS exp, added_at::text AS added_at
+         FROM revoked_tokens
+         WHERE expires_at > now()
+           AND ($1::timestamptz IS NULL OR added_at > $1::timestamptz - make_interval(secs => $2))
+         ORDER BY added_at`,
+        [this.#cursor, this.#lookbackSeconds],
+      )
+      for (const row of rows) this.#mirror.remember(row.id, row.exp)
+      const newest = rows.at(-1)
+      if (newest) this.#cursor = newest.added_at
+      this.#lastPollAt = Date.now()
+      this.#lastPollFailed = false
+    } catch (err) {
+      this.#lastPollFailed = true
+      throw err
+    }
+  }
+}

@@ -1,0 +1,156 @@
+// Refresh-token families and the access-token denylist: the interfaces and the in-memory
+// implementations. Refresh tokens are stored only as SHA-256 hashes (they are 256-bit random
+// values, so a fast hash is enough: there is nothing to brute-force).
+
+export interface RefreshFamily {
+  readonly id: string
+  readonly userId: string
+  /** The scope granted at login; refreshes never widen it. */
+  readonly scope: string
+  readonly createdAt: Date
+  /** No refresh works past this instant, however often the family rotates. */
+  readonly absoluteExpiresAt: Date
+  readonly revoked: boolean
+}
+
+export interface RefreshTokenRecord {
+  readonly hash: string
+  readonly familyId: string
+  readonly expiresAt: Date
+  /** True once exchanged for a new token; presenting it again is reuse (theft). */
+  readonly rotated: boolean
+}
+
+export interface NewRefreshToken {
+  hash: string
+  expiresAt: Date
+}
+
+export interface SessionStore {
+  createFamily(family: Omit<RefreshFamily, 'revoked'>, token: NewRefreshToken): Promise<void>
+  findToken(hash: string): Promise<{ token: RefreshTokenRecord; family: RefreshFamily } | undefined>
+  /**
+   * Atomically: when `oldHash` is the family's current token (not rotated) and the family is not
+   * revoked, marks it rotated and makes `next` the current token. False otherwise (a concurrent
+   * refresh won, or the family was revoked).
+   */
+  rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean>
+  revokeFamily(familyId: string): Promise<void>
+  /** Revokes every family of the user; returns their ids. */
+  revokeAllForUser(userId: string): Promise<string[]>
+  /** Forgets families whose absolute lifetime is over (their tokens can never work again). */
+  sweep(now: Date): Promise<void>
+  close(): Promise<void>
+}
+
+/**
+ * Revoked access tokens (by `jti`) and revoked sessions (by family id, `sid`), each kept until the
+ * last token it could match has expired anyway. `has` is synchronous: the check on every
+ * authenticated request is one Map lookup.
+ */
+export interface DenyList {
+  add(id: string, expiresAtSeconds: number): Promise<void>
+  has(id: string): boolean
+  /** False when the list may be stale (its backing service is unreachable): callers fail closed. */
+  healthy(): boolean
+  close(): Promise<void>
+}
+
+export class MemorySessionStore implements SessionStore {
+  readonly #families = new Map<string, RefreshFamily & { currentHash: string; tokenHashes: string[] }>()
+  readonly #tokens = new Map<string, RefreshTokenRecord>()
+
+  async createFamily(family: Omit<RefreshFamily, 'revoked'>, token: NewRefreshToken): Promise<void> {
+    this.#families.set(family.id, { ...family, revoked: false, currentHash: token.hash, tokenHashes: [token.hash] })
+    this.#tokens.set(token.hash, { hash: token.hash, familyId: family.id, expiresAt: token.expiresAt, rotated: false })
+  }
+
+  async findToken(hash: string) {
+    const token = this.#tokens.get(hash)
+    const family = token && this.#families.get(token.familyId)
+    if (!token || !family) return undefined
+    const { currentHash: _c, tokenHashes: _t, ...publicFamily } = family
+    return { token, family: publicFamily }
+  }
+
+  async rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
+    const family = this.#families.get(familyId)
+    const old = this.#tokens.get(oldHash)
+    if (!family || family.revoked || family.currentHash !== oldHash || !old || old.rotated) return false
+    this.#tokens.set(oldHash, { ...old, rotated: true })
+    this.#tokens.set(next.hash, { hash: next.hash, familyId, expiresAt: next.expiresAt, rotated: false })
+    family.currentHash = next.hash
+    family.tokenHashes.push(next.hash)
+    return true
+  }
+
+  async revokeFamily(familyId: string): Promise<void> {
+    const family = this.#families.get(familyId)
+    if (family) this.#families.set(familyId, { ...family, revoked: true })
+  }
+
+  async revokeAllForUser(userId: string): Promise<string[]> {
+    const ids: string[] = []
+    for (const [id, family] of this.#families) {
+      if (family.userId === userId && !family.revoked) {
+        this.#families.set(id, { ...family, revoked: true })
+        ids.push(id)
+      }
+    }
+    return ids
+  }
+
+  async sweep(now: Date): Promise<void> {
+    for (const [id, family] of this.#families) {
+      if (family.absoluteExpiresAt <= now) {
+        for (const hash of family.tokenHashes) this.#tokens.delete(hash)
+        this.#families.delete(id)
+      }
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+export class MemoryDenyList implements DenyList {
+  readonly #entries = new Map<string, number>()
+  #timer: NodeJS.Timeout | undefined
+
+  constructor(sweepIntervalMs = 60_000) {
+    this.#timer = setInterval(() => this.sweep(Date.now() / 1000), sweepIntervalMs)
+    this.#timer.unref()
+  }
+
+  async add(id: string, expiresAtSeconds: number): Promise<void> {
+    this.remember(id, expiresAtSeconds)
+  }
+
+  /** Records an entry locally (also used by shared lists to mirror entries from other instances). */
+  remember(id: string, expiresAtSeconds: number): void {
+    const current = this.#entries.get(id) ?? 0
+    if (expiresAtSeconds > current) this.#entries.set(id, expiresAtSeconds)
+  }
+
+  has(id: string): boolean {
+    const exp = this.#entries.get(id)
+    return exp !== undefined && exp > Date.now() / 1000
+  }
+
+  healthy(): boolean {
+    return true
+  }
+
+  get size(): number {
+    return this.#entries.size
+  }
+
+  /** Drops entries whose tokens have expired anyway. */
+  sweep(nowSeconds: number): void {
+    for (const [id, exp] of this.#entries) if (exp <= nowSeconds) this.#entries.delete(id)
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer)
+    this.#timer = undefined
+  }
+}

@@ -1,0 +1,109 @@
+// Runs README's curl walkthrough, command by command, against a live server (dist/server.js),
+// and checks each output against the `# ...` line that follows the command in README.
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+interface Step {
+  command: string
+  expected: string[]
+}
+
+function walkthroughSteps(): Step[] {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  const block = readme.split('<!-- walkthrough:start -->')[1]?.split('<!-- walkthrough:end -->')[0]
+  if (!block) throw new Error('README has no walkthrough block')
+  const lines = block.replace(/```(sh)?/g, '').split('\n')
+  const steps: Step[] = []
+  let current: Step | undefined
+  let continuing = false
+  for (const line of lines) {
+    if (continuing && current) {
+      current.command += `\n${line}`
+      continuing = line.endsWith('\\')
+      continue
+    }
+    if (line.startsWith('# ') && /^# [{H]/.test(line) && current) current.expected.push(line.slice(2))
+    else if (line.trim() !== '' && !line.startsWith('#')) {
+      current = { command: line, expected: [] }
+      steps.push(current)
+      continuing = line.endsWith('\\')
+    }
+  }
+  return steps
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+function toRegExp(expected: string): RegExp {
+  const escaped = expected
+    .replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+    .replaceAll('<uuid>', '[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}')
+    .replaceAll('<ISO-8601>', '\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z')
+  return new RegExp(`^${escaped}$`)
+}
+
+describe('README walkthrough', () => {
+  let server: ChildProcess
+  let base: string
+
+  beforeAll(async () => {
+    const port = await freePort()
+    base = `http://127.0.0.1:${port}`
+    server = spawn(process.execPath, ['dist/server.js'], {
+      env: {
+        ...process.env,
+        NODE_ENV: 'test',
+        PORT: String(port),
+        BCRYPT_ROUNDS: '4',
+        LOG_LEVEL: 'silent',
+        AUDIT_LOG: 'false',
+      },
+      stdio: 'ignore',
+    })
+    for (let i = 0; i < 100; i++) {
+      const ok = await fetch(`${base}/healthz`).then(
+        (r) => r.ok,
+        () => false,
+      )
+      if (ok) return
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    throw new Error('server did not start')
+  })
+
+  afterAll(() => {
+    server?.kill('SIGTERM')
+  })
+
+  it('gives the outputs README shows, for every command', () => {
+    const steps = walkthroughSteps()
+    expect(steps.length).toBeGreaterThanOrEqual(5)
+    const script = steps
+      .map((s, i) => `echo "__STEP_${i}__"\n${s.command.replaceAll('http://127.0.0.1:8000', base)}\necho`)
+      .join('\n')
+    const run = spawnSync('bash', ['-eo', 'pipefail', '-c', script], { encoding: 'utf8', timeout: 30_000 })
+    expect(run.status, run.stderr).toBe(0)
+    const outputs = run.stdout.split(/__STEP_\d+__\n/).slice(1)
+    expect(outputs).toHaveLength(steps.length)
+    steps.forEach((step, i) => {
+      const output = (outputs[i] ?? '').trim()
+      for (const expected of step.expected) {
+        if (expected.startsWith('{')) expect(output, step.command).toMatch(toRegExp(expected))
+        else for (const part of expected.split(' ... ')) expect(output.toLowerCase()).toContain(part.toLowerCase())
+      }
+    })
+    // The token captured in step 2 was used by step 3, which printed alice's account.
+    expect(outputs[2]).toContain('"username":"alice"')
+  })
+})
