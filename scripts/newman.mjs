@@ -6,9 +6,9 @@
 // collection with that account as its adminUsername/adminPassword, then stops the server with SIGTERM.
 // Against BASE_URL, the admin credentials come from ADMIN_USERNAME/ADMIN_PASSWORD in this process's
 // environment if both are set, else from the environment file; without them the collection skips
-// the requests that need the admin scope. Exits non-zero when the server does not
-// start or stop cleanly, or when any request, script or assertion fails. The server's output is
-// kept and printed only when something fails.
+// the requests that need the admin scope. Exits non-zero when the server does not start or stop
+// cleanly, or when any request, script or assertion fails. The server's output is kept and printed
+// only when something fails.
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
@@ -199,8 +199,7 @@ async function main() {
       log(`running against BASE_URL ${baseUrl}`)
       admin = adminFromEnv()
       if (!admin && !environmentHasAdmin()) {
-        log('no admin credentials (ADMIN_USERNAME/ADMIN_PASSWORD, or adminUsername/adminPassword in the environment')
-        log('file): the requests that need the admin scope are skipped')
+        log('no admin credentials (ADMIN_USERNAME/ADMIN_PASSWORD or the environment file): admin requests are skipped')
       }
     } else {
       const port = await freePort()

@@ -61,6 +61,8 @@ export interface AuthPluginOptions {
 /** Denylist keys: an access token by its jti, a session by its family id. */
 export const deniedToken = (jti: string) => `j:${jti}`
 export const deniedSession = (sid: string) => `s:${sid}`
+/** Every token of one generation of a user (after a password change, disable or deletion). */
+export const deniedGeneration = (sub: string, ver: number) => `u:${sub}:${ver}`
 
 async function authPlugin(app: FastifyInstance, { config, store, denylist }: AuthPluginOptions): Promise<void> {
   const { jwt, realm } = config
@@ -143,7 +145,14 @@ async function authPlugin(app: FastifyInstance, { config, store, denylist }: Aut
   app.decorate('authenticate', async function authenticate(request: FastifyRequest): Promise<void> {
     const claims = verifyAccessToken(bearerToken(request, realm))
     // Revocation is checked before the user lookup, and fails closed when the list may be stale.
-    if (!denylist.healthy() || denylist.has(deniedToken(claims.jti)) || denylist.has(deniedSession(claims.sid))) {
+    // The generation entry makes a change on another instance count here at once, whatever this
+    // instance's user cache still holds.
+    if (
+      !denylist.healthy() ||
+      denylist.has(deniedToken(claims.jti)) ||
+      denylist.has(deniedSession(claims.sid)) ||
+      denylist.has(deniedGeneration(claims.sub, claims.ver))
+    ) {
       throw new BearerError(realm, 'invalid')
     }
     const record = await store.findById(claims.sub)

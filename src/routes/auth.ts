@@ -87,6 +87,9 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
             const { username } = request.body as { username?: string }
             return typeof username === 'string' ? `login:${normaliseUsername(username)}` : `ip:${request.ip}`
           },
+          // Refreshes cost no bcrypt and carry 256-bit tokens: not counted against anyone.
+          allowList: (request: FastifyRequest) =>
+            (request.body as { grant_type?: string }).grant_type === 'refresh_token',
           errorResponseBuilder: tooManyRequests,
         },
       },

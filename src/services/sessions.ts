@@ -3,7 +3,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { Config } from '../config.js'
 import { OAuthError } from '../errors.js'
-import { type AccessClaims, deniedSession, deniedToken } from '../plugins/auth.js'
+import { type AccessClaims, deniedGeneration, deniedSession, deniedToken } from '../plugins/auth.js'
 import type { DenyList, SessionStore } from '../store/sessions.js'
 import type { UserRecord, UserStore } from '../store/users.js'
 import { allowedScopes, type Scope } from './scopes.js'
@@ -155,11 +155,20 @@ export class SessionService {
     } else if (!(await asRefresh())) await asAccess()
   }
 
-  /** Every session of the user ends (password change, disable, delete). */
-  async endAllSessions(userId: string): Promise<void> {
-    const ids = await this.sessions.revokeAllForUser(userId)
+  /**
+   * Every session of the user ends, and every access token of the generation `tokenVersion`
+   * (password change, disable, delete): at once on every instance, through the denylist.
+   */
+  async endAllSessions(userId: string, tokenVersion: number): Promise<void> {
     const until = this.#lastAccessExpiry()
+    await this.denylist.add(deniedGeneration(userId, tokenVersion), until)
+    const ids = await this.sessions.revokeAllForUser(userId)
     await Promise.all(ids.map((id) => this.denylist.add(deniedSession(id), until)))
+  }
+
+  /** Every access token of this generation of the user stops working (roles changed). */
+  async denyGeneration(userId: string, tokenVersion: number): Promise<void> {
+    await this.denylist.add(deniedGeneration(userId, tokenVersion), this.#lastAccessExpiry())
   }
 
   #refreshExpiry(now: number, absoluteExpiry: number): Date {

@@ -5,7 +5,7 @@ import { ApiError, invalidGrant, UsernameTakenError } from '../errors.js'
 import { USERNAME_PATTERN, type UserAdminView, type UserPublic } from '../schemas.js'
 import { BCRYPT_MAX_BYTES, type PasswordHasher, utf8Length } from '../security/password.js'
 import { passwordProblems } from '../security/policy.js'
-import type { ListQuery, Role, UserPatch, UserRecord, UserStore } from '../store/users.js'
+import type { ListQuery, Role, UserRecord, UserStore } from '../store/users.js'
 import type { SessionService } from './sessions.js'
 import type { LoginThrottle } from './throttle.js'
 
@@ -87,8 +87,9 @@ export class UserService {
   async changePassword(user: UserRecord, current: string, next: string, ip: string): Promise<void> {
     await this.confirmPassword(user, current, ip)
     const passwordHash = await this.hasher.hash(next)
-    if (!(await this.store.update(user.id, { passwordHash, bumpTokenVersion: true }))) throw new NotFoundError()
-    await this.sessions.endAllSessions(user.id)
+    const updated = await this.store.update(user.id, { passwordHash, bumpTokenVersion: true })
+    if (!updated) throw new NotFoundError()
+    await this.sessions.endAllSessions(user.id, updated.tokenVersion - 1)
   }
 
   /** Problems with `password` as a new password for `username` (the registration rules). */
@@ -102,8 +103,9 @@ export class UserService {
   }
 
   async delete(id: string): Promise<void> {
-    await this.sessions.endAllSessions(id)
-    if (!(await this.store.delete(id))) throw new NotFoundError()
+    const user = await this.store.findById(id)
+    if (!user || !(await this.store.delete(id))) throw new NotFoundError()
+    await this.sessions.endAllSessions(id, user.tokenVersion)
   }
 
   async get(id: string): Promise<UserRecord> {
@@ -121,10 +123,11 @@ export class UserService {
    * or their right to exist changed); disabling also ends every session.
    */
   async patch(id: string, changes: { disabled?: boolean; roles?: readonly Role[] }): Promise<UserRecord> {
-    const patch: UserPatch = { ...changes, bumpTokenVersion: changes.disabled === true || changes.roles !== undefined }
-    const updated = await this.store.update(id, patch)
+    const bump = changes.disabled === true || changes.roles !== undefined
+    const updated = await this.store.update(id, { ...changes, bumpTokenVersion: bump })
     if (!updated) throw new NotFoundError()
-    if (changes.disabled) await this.sessions.endAllSessions(id)
+    if (changes.disabled) await this.sessions.endAllSessions(id, updated.tokenVersion - 1)
+    else if (bump) await this.sessions.denyGeneration(id, updated.tokenVersion - 1)
     return updated
   }
 

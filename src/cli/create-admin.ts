@@ -1,0 +1,58 @@
+// npm run create-admin -- --username NAME
+// Creates (or promotes) an admin account in the persistent store. The password comes from the
+// ADMIN_PASSWORD environment variable or from standard input, never from an argument (arguments
+// show up in `ps` and in shell history). It runs the same code as ADMIN_USERNAME/ADMIN_PASSWORD at boot.
+import { existsSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { buildApp } from '../app.js'
+import { ConfigError, loadConfig } from '../config.js'
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) process.stderr.write('Password (end with Enter, then Ctrl-D): ')
+  const chunks: Buffer[] = []
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '')
+}
+
+function fail(message: string): never {
+  process.stderr.write(`create-admin: ${message}\n`)
+  process.exit(1)
+}
+
+if (existsSync('.env')) process.loadEnvFile('.env')
+
+let username: string | undefined
+try {
+  const { values } = parseArgs({ options: { username: { type: 'string' } }, strict: true })
+  username = values.username
+} catch {
+  fail('usage: npm run create-admin -- --username NAME   (password from ADMIN_PASSWORD or stdin; never an argument)')
+}
+if (!username) fail('--username NAME is required')
+
+const password = process.env.ADMIN_PASSWORD || (await readStdin())
+if (!password) fail('no password: set ADMIN_PASSWORD or pipe it on stdin')
+
+let config: ReturnType<typeof loadConfig>
+try {
+  config = loadConfig({ ...process.env, ADMIN_USERNAME: username, ADMIN_PASSWORD: password, DOCS_ENABLED: 'false' })
+} catch (err) {
+  fail(err instanceof ConfigError ? err.message : String(err))
+}
+if (config.storage.kind === 'memory') {
+  fail(
+    'STORE=memory keeps nothing after this command ends: set STORE=postgres and DATABASE_URL, or use ADMIN_USERNAME/ADMIN_PASSWORD when starting the server',
+  )
+}
+
+try {
+  // ready() runs the boot hook that creates or promotes ADMIN_USERNAME (services/users.ts ensureAdmin).
+  const app = await buildApp(config)
+  await app.ready()
+  await app.close()
+  process.stdout.write(`create-admin: ${username} is an admin\n`)
+} catch (err) {
+  fail(err instanceof Error ? err.message : String(err))
+}
