@@ -61,12 +61,74 @@ export function normaliseUsername(username: string): string {
 }
 
 /**
- * In-memory store. Two Maps (never plain objects keyed by user input: no prototype pollution);
- * records are frozen and replaced on update, so a reader never sees a half-applied change.
+ * One user as the in-memory store keeps it: a class (one hidden class, fields in-object), the id
+ * packed into 16 bytes, the creation time as a number, roles shared between users. Packed because
+ * a million users must fit in 512 MB: a randomUUID() string alone costs ~490 bytes as stored.
+ */
+class PackedUser {
+  constructor(
+    readonly key: string,
+    readonly username: string,
+    readonly email: string | null,
+    readonly passwordHash: string,
+    readonly createdAtMs: number,
+    readonly roles: readonly Role[],
+    readonly disabled: boolean,
+    readonly tokenVersion: number,
+  ) {}
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+/** A UUID as a 16-character string, one character per byte; undefined if not a UUID. Built with
+ * String.fromCharCode rather than Buffer, whose many small allocations leave the process's RSS high. */
+function packId(id: string): string | undefined {
+  if (!UUID.test(id)) return undefined
+  const hex = id.replaceAll('-', '')
+  const bytes = new Array<number>(16)
+  for (let i = 0; i < 16; i++) bytes[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16)
+  return String.fromCharCode(...bytes)
+}
+
+function unpackId(key: string): string {
+  let hex = ''
+  for (let i = 0; i < key.length; i++) hex += key.charCodeAt(i).toString(16).padStart(2, '0')
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
+}
+
+// Role lists are few and immutable: every user shares one frozen array per combination.
+const sharedRoles = new Map<string, readonly Role[]>()
+function internRoles(roles: readonly Role[]): readonly Role[] {
+  const sorted = ROLES.filter((r) => roles.includes(r))
+  const key = sorted.join(',')
+  let shared = sharedRoles.get(key)
+  if (!shared) {
+    shared = Object.freeze(sorted)
+    sharedRoles.set(key, shared)
+  }
+  return shared
+}
+
+function toRecord(p: PackedUser, id = unpackId(p.key)): UserRecord {
+  return Object.freeze({
+    id,
+    username: p.username,
+    email: p.email,
+    passwordHash: p.passwordHash,
+    createdAt: new Date(p.createdAtMs),
+    roles: p.roles,
+    disabled: p.disabled,
+    tokenVersion: p.tokenVersion,
+  })
+}
+
+/**
+ * In-memory store. Maps, never plain objects keyed by user input (no prototype pollution);
+ * entries are immutable and replaced on update, so a reader never sees a half-applied change.
  */
 export class MemoryUserStore implements UserStore {
-  readonly #byId = new Map<string, UserRecord>()
-  readonly #idByName = new Map<string, string>()
+  readonly #byId = new Map<string, PackedUser>()
+  readonly #byName = new Map<string, PackedUser>()
 
   async create(user: NewUser): Promise<UserRecord | null> {
     return this.createSync(user)
@@ -74,56 +136,71 @@ export class MemoryUserStore implements UserStore {
 
   /** Synchronous insert for bulk loading (benchmarks, seeding). */
   createSync(user: NewUser): UserRecord | null {
-    const key = normaliseUsername(user.username)
-    if (this.#idByName.has(key)) return null
-    const record: UserRecord = Object.freeze({
-      ...user,
-      roles: Object.freeze([...user.roles]),
-      disabled: false,
-      tokenVersion: 0,
-    })
-    this.#byId.set(record.id, record)
-    this.#idByName.set(key, record.id)
-    return record
+    const key = packId(user.id)
+    if (key === undefined) throw new Error('user ids are UUIDs')
+    const name = normaliseUsername(user.username)
+    if (this.#byName.has(name) || this.#byId.has(key)) return null
+    // Flat copies: a string built by concatenation or slicing can hold far more memory than its text.
+    const packed = new PackedUser(
+      key,
+      flat(user.username),
+      user.email === null ? null : flat(user.email),
+      user.passwordHash,
+      user.createdAt.getTime(),
+      internRoles(user.roles),
+      false,
+      0,
+    )
+    this.#byId.set(key, packed)
+    this.#byName.set(name === user.username ? packed.username : name, packed)
+    return toRecord(packed, user.id)
   }
 
   async findById(id: string): Promise<UserRecord | undefined> {
-    return this.#byId.get(id)
+    const key = packId(id)
+    const packed = key === undefined ? undefined : this.#byId.get(key)
+    return packed && toRecord(packed, id)
   }
 
   async findByUsername(username: string): Promise<UserRecord | undefined> {
-    const id = this.#idByName.get(normaliseUsername(username))
-    return id === undefined ? undefined : this.#byId.get(id)
+    const packed = this.#byName.get(normaliseUsername(username))
+    return packed && toRecord(packed)
   }
 
   async update(id: string, patch: UserPatch): Promise<UserRecord | undefined> {
-    const current = this.#byId.get(id)
-    if (!current) return undefined
-    const next: UserRecord = Object.freeze({
-      ...current,
-      passwordHash: patch.passwordHash ?? current.passwordHash,
-      roles: patch.roles ? Object.freeze([...patch.roles]) : current.roles,
-      disabled: patch.disabled ?? current.disabled,
-      tokenVersion: current.tokenVersion + (patch.bumpTokenVersion ? 1 : 0),
-    })
-    this.#byId.set(id, next)
-    return next
+    const key = packId(id)
+    const current = key === undefined ? undefined : this.#byId.get(key)
+    if (!current || key === undefined) return undefined
+    const next = new PackedUser(
+      key,
+      current.username,
+      current.email,
+      patch.passwordHash ?? current.passwordHash,
+      current.createdAtMs,
+      patch.roles ? internRoles(patch.roles) : current.roles,
+      patch.disabled ?? current.disabled,
+      current.tokenVersion + (patch.bumpTokenVersion ? 1 : 0),
+    )
+    this.#byId.set(key, next)
+    this.#byName.set(normaliseUsername(current.username), next)
+    return toRecord(next, id)
   }
 
   async delete(id: string): Promise<boolean> {
-    const current = this.#byId.get(id)
-    if (!current) return false
-    this.#byId.delete(id)
-    this.#idByName.delete(normaliseUsername(current.username))
+    const key = packId(id)
+    const current = key === undefined ? undefined : this.#byId.get(key)
+    if (!current || key === undefined) return false
+    this.#byId.delete(key)
+    this.#byName.delete(normaliseUsername(current.username))
     return true
   }
 
   async list(query: ListQuery): Promise<{ items: UserRecord[]; total: number }> {
     const prefix = query.usernamePrefix ? normaliseUsername(query.usernamePrefix) : ''
-    const names = [...this.#idByName.keys()].filter((n) => n.startsWith(prefix)).sort()
+    const names = [...this.#byName.keys()].filter((n) => n.startsWith(prefix)).sort(byCodePoint)
     const items = names
       .slice(query.offset, query.offset + query.limit)
-      .map((n) => this.#byId.get(this.#idByName.get(n) as string) as UserRecord)
+      .map((n) => toRecord(this.#byName.get(n) as PackedUser))
     return { items, total: names.length }
   }
 
@@ -132,4 +209,12 @@ export class MemoryUserStore implements UserStore {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Plain code-point order (as PostgreSQL's COLLATE "C"), not the locale's. */
+const byCodePoint = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)
+
+/** A flat (sequential) copy of a string, so it does not keep a larger parent string alive. */
+function flat(value: string): string {
+  return JSON.parse(JSON.stringify(value)) as string
 }
