@@ -135,8 +135,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // Per-route request caps (routes set config.rateLimit); keyed on request.ip, which honours
   // TRUST_PROXY and nothing else, so a forged X-Forwarded-For changes nothing.
   // With Redis the caps count across instances; if Redis fails they are skipped (the failure-based
-  // login throttle still holds, with local counters).
-  await app.register(rateLimit, { global: false, ...(stores.redis ? { redis: stores.redis, skipOnError: true } : {}) })
+  // login throttle still holds, with local counters). Their keys carry REDIS_PREFIX like all of ours.
+  await app.register(rateLimit, {
+    global: false,
+    ...(stores.redis
+      ? { redis: stores.redis, nameSpace: `${config.storage.redisPrefix}rate:`, skipOnError: true }
+      : {}),
+  })
   if (config.docsEnabled) await registerDocs(app)
   await app.register(authPlugin, { config, store, denylist })
 

@@ -1,6 +1,7 @@
 // Test helpers: a fixed test configuration, the real app, a register-and-login shortcut, and a JWT
 // forger for crafting hostile tokens (any header, any payload, any algorithm) signed in the test.
 import { createHmac, randomUUID } from 'node:crypto'
+import { connect } from 'node:net'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { type AppDeps, buildApp } from '../src/app.js'
 import { type Config, loadConfig } from '../src/config.js'
@@ -201,4 +202,119 @@ export async function readJson(res: Response): Promise<JsonBody> {
 export function stableHeaders(headers: Headers | Record<string, unknown>): Record<string, unknown> {
   const entries = headers instanceof Headers ? [...headers.entries()] : Object.entries(headers)
   return Object.fromEntries(entries.filter(([name]) => name !== 'date' && name !== 'x-request-id'))
+}
+
+// --- Sessions, accounts and admin (issue 3) ----------------------------------------------------
+
+/** An opaque refresh token: the rt_ prefix and at least 256 random bits in base64url (43 characters). */
+export const REFRESH_TOKEN_PATTERN = /^rt_[A-Za-z0-9_-]{43,}$/
+
+/** The body of a successful /token answer. */
+export interface TokenBody {
+  access_token: string
+  token_type: 'bearer'
+  expires_in: number
+  refresh_token: string
+  scope: string
+}
+
+/** The Authorization header of a Bearer token. */
+export const bearer = (token: string): { authorization: string } => ({ authorization: `Bearer ${token}` })
+
+/** The password grant; fails loudly unless it answers 200. `fields` adds scope and the like. */
+export async function login(
+  app: FastifyInstance,
+  username: string,
+  password = TEST_PASSWORD,
+  fields: Record<string, string> = {},
+): Promise<TokenBody> {
+  const res = await postToken(app, { username, password, ...fields })
+  if (res.statusCode !== 200) throw new Error(`login failed: ${res.statusCode} ${res.body}`)
+  return res.json<TokenBody>()
+}
+
+/** POST /token with grant_type=refresh_token (and `fields`, e.g. scope). */
+export function refresh(
+  app: FastifyInstance,
+  refreshToken: string,
+  fields: Record<string, string> = {},
+): Promise<LightMyRequestResponse> {
+  return postToken(app, { grant_type: 'refresh_token', refresh_token: refreshToken, ...fields })
+}
+
+/** POST /revoke with a form body built from `fields` (a string is sent as is). */
+export function postRevoke(
+  app: FastifyInstance,
+  fields: Record<string, string> | string,
+  headers: Record<string, string> = {},
+): Promise<LightMyRequestResponse> {
+  return app.inject({
+    method: 'POST',
+    url: '/revoke',
+    headers: { 'content-type': FORM, ...headers },
+    payload: typeof fields === 'string' ? fields : new URLSearchParams(fields).toString(),
+  })
+}
+
+/** A request with a Bearer token and, when `body` is given, a JSON body. */
+export function authed(
+  app: FastifyInstance,
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
+  url: string,
+  token: string | undefined,
+  body?: unknown,
+): Promise<LightMyRequestResponse> {
+  const headers: Record<string, string> = token === undefined ? {} : bearer(token)
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  return app.inject({
+    method,
+    url,
+    headers,
+    ...(body === undefined ? {} : { payload: typeof body === 'string' ? body : JSON.stringify(body) }),
+  })
+}
+
+/** The claims of a JWT, decoded without verification (for assertions on what we issued). */
+export function decodeClaims(token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8'))
+}
+
+export interface RawResponse {
+  status: number
+  headers: Record<string, string>
+  body: string
+}
+
+/**
+ * Writes `request` as is (CRLFs included; send `Connection: close`) to a new socket and reads until
+ * the server closes it: for what no HTTP client sends (two Authorization headers, Content-Length with Transfer-Encoding).
+ */
+export function rawHttp(port: number, request: string): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1')
+    let data = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk) => {
+      data += chunk
+    })
+    socket.on('error', reject)
+    socket.on('close', () => {
+      const split = data.indexOf('\r\n\r\n')
+      const head = split === -1 ? data : data.slice(0, split)
+      const body = split === -1 ? '' : data.slice(split + 4)
+      const [statusLine = '', ...headerLines] = head.split('\r\n')
+      const headers: Record<string, string> = {}
+      for (const line of headerLines) {
+        const colon = line.indexOf(':')
+        headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim()
+      }
+      resolve({ status: Number(statusLine.split(' ')[1]), headers, body })
+    })
+    socket.write(request)
+  })
+}
+
+/** The port of an app started with listen(). */
+export function portOf(base: string): number {
+  return Number(new URL(base).port)
 }

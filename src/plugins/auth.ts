@@ -146,9 +146,10 @@ async function authPlugin(app: FastifyInstance, { config, store, denylist }: Aut
     const claims = verifyAccessToken(bearerToken(request, realm))
     // Revocation is checked before the user lookup, and fails closed when the list may be stale.
     // The generation entry makes a change on another instance count here at once, whatever this
-    // instance's user cache still holds.
+    // instance's user cache still holds. A list kept in PostgreSQL fails closed with the database's
+    // 503; one kept in Redis with a 401, by choice (README, "Faults").
+    if (!denylist.healthy()) throw denylist.unavailableError?.() ?? new BearerError(realm, 'invalid')
     if (
-      !denylist.healthy() ||
       denylist.has(deniedToken(claims.jti)) ||
       denylist.has(deniedSession(claims.sid)) ||
       denylist.has(deniedGeneration(claims.sub, claims.ver))

@@ -58,11 +58,14 @@ export class LoginThrottle {
       throw new TooManyAttemptsError(seconds(ipNow.ttlMs), 'address')
     }
     const { value: failureNumber } = await this.counters.incr(accountKey, 1, FAILURE_MEMORY_MS)
-    if (failureNumber > accountMaxFailures) {
-      // Past the limit, one attempt per lock period: whoever sets the lock gets to try; the lock
-      // it sets (for the next, longer period) stays if this attempt fails too.
+    if (failureNumber >= accountMaxFailures) {
+      // The attempt that reaches the limit sets the lock before its password is checked (a success
+      // lifts it), so that concurrent attempts cannot get past the limit while it runs. Past the
+      // limit, one attempt per lock period: whoever sets the lock gets to try; the lock it sets
+      // (for the next, longer period) stays if this attempt fails too.
       const lockMs = this.lockSeconds(failureNumber) * 1000
-      if (!(await this.counters.setIfAbsent(lockKey, lockMs))) {
+      const locked = await this.counters.setIfAbsent(lockKey, lockMs)
+      if (!locked && failureNumber > accountMaxFailures) {
         await this.counters.incr(accountKey, -1, FAILURE_MEMORY_MS)
         await this.counters.incr(ipKey, -1, ipWindowSeconds * 1000)
         const current = await this.counters.get(lockKey)
@@ -80,9 +83,8 @@ export class LoginThrottle {
 
   /** The password was wrong. Returns true when this failure locked the account. */
   async failed(attempt: Attempt): Promise<boolean> {
-    if (attempt.failureNumber !== this.limits.accountMaxFailures)
-      return attempt.failureNumber > this.limits.accountMaxFailures
-    return this.counters.setIfAbsent(attempt.lockKey, this.lockSeconds(attempt.failureNumber) * 1000)
+    // The lock itself was set in begin(); it stays.
+    return attempt.failureNumber >= this.limits.accountMaxFailures
   }
 
   /** The lock after the n-th consecutive failure: doubling from LOGIN_LOCKOUT_SECONDS, capped. */

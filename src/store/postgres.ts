@@ -499,6 +499,11 @@ export class PostgresDenyList implements DenyList {
     return !this.#lastPollFailed && Date.now() - this.#lastPollAt <= this.#staleAfterMs
   }
 
+  /** Unhealthy means the database does not answer: a 503, as for every request that needs it. */
+  unavailableError(): Error {
+    return new StoreUnavailableError('postgres')
+  }
+
   /** Fetches new entries now (also what the timer does); StoreUnavailableError when the table cannot be read. */
   async refresh(): Promise<void> {
     while (this.#polling) await this.#polling.catch(() => {})

@@ -53,6 +53,11 @@ export interface DenyList {
   has(id: string): boolean
   /** False when the list may be stale (its backing service is unreachable): callers fail closed. */
   healthy(): boolean
+  /**
+   * What callers throw while healthy() is false, when that outage deserves another answer than
+   * their 401: a list kept in PostgreSQL is down with the database, so 503 (issue 5, "Faults").
+   */
+  unavailableError?(): Error
   close(): Promise<void>
 }
 
