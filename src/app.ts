@@ -78,6 +78,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     connectionTimeout: config.requestTimeoutMs,
     trustProxy: config.trustProxy,
     genReqId: () => randomUUID(),
+    // Errors Node's HTTP parser raises before Fastify sees a request (oversized headers, both
+    // Content-Length and Transfer-Encoding, garbage) get our JSON body too.
+    clientErrorHandler: answerClientError,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // Kept at their default 'error' on purpose (STANDARDS.md §5.3): __proto__ bodies get a 400.
@@ -174,6 +177,23 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(userRoutes)
   await app.register(adminRoutes)
   return app
+}
+
+function answerClientError(err: NodeJS.ErrnoException, socket: import('node:net').Socket): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const [status, reason, detail] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'Request Header Fields Too Large', 'Request headers too large']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout', 'Request timeout']
+        : [400, 'Bad Request', 'Malformed HTTP request']
+  const body = JSON.stringify({ detail })
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  )
 }
 
 async function registerDocs(app: FastifyInstance): Promise<void> {

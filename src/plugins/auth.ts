@@ -133,7 +133,12 @@ async function authPlugin(app: FastifyInstance, { config, store, denylist }: Aut
     const { header, payload } = decoded
     // The library checks presence and values; we also check types, since it lets some through
     // (a numeric `sub`, an array `aud` containing ours, a payload that is not an object).
-    if (header.kid !== kid || !isAccessClaims(payload, jwt.issuer, jwt.audience)) {
+    // A token "issued" in the future (beyond the clock skew) was not issued by us.
+    if (
+      header.kid !== kid ||
+      !isAccessClaims(payload, jwt.issuer, jwt.audience) ||
+      payload.iat > Date.now() / 1000 + jwt.clockSkewSeconds
+    ) {
       throw new BearerError(realm, 'invalid')
     }
     return payload
