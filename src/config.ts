@@ -66,7 +66,7 @@ const EnvSchema = z.object({
   REDIS_PREFIX: text(64).default('auth:'),
   USER_CACHE_TTL_MS: int(0, 60_000).default(2000),
   TRUST_PROXY: text(1024).optional(),
-  DOCS_ENABLED: bool().default(true),
+  DOCS_ENABLED: bool().optional(),
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024).default(16 * 1024),
   REQUEST_TIMEOUT_MS: int(1000, 600_000).default(15_000),
 })
@@ -253,7 +253,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       userCacheTtlMs: e.USER_CACHE_TTL_MS,
     },
     trustProxy: trustProxy ?? false,
-    docsEnabled: e.DOCS_ENABLED,
+    // Off by default in production: the API inventory is for developers (OWASP API9).
+    docsEnabled: e.DOCS_ENABLED ?? !production,
     bodyLimit: e.BODY_LIMIT_BYTES,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
   } satisfies Config)

@@ -164,7 +164,8 @@ export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError, request, reply) => {
     const apiError = toApiError(err, request)
     if (apiError) {
-      if (apiError.statusCode >= 500) request.log.warn({ err: apiError.detail }, 'request shed')
+      // Debug, not warn: a storm sheds thousands of requests a second, one log write each.
+      if (apiError.statusCode >= 500) request.log.debug({ err: apiError.detail }, 'request shed')
       return sendError(reply, apiError)
     }
     request.log.error({ err }, 'unhandled error')

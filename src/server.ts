@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs'
 import closeWithGrace from 'close-with-grace'
 import { buildApp, REDACT_PATHS } from './app.js'
 import { ConfigError, loadConfig } from './config.js'
+import { preloadCommonPasswords } from './security/policy.js'
 
 if (existsSync('.env')) process.loadEnvFile('.env')
 
@@ -49,3 +50,5 @@ try {
   app.log.error({ err }, 'could not listen')
   process.exit(1)
 }
+// Warm up what the first registration needs, once the server is already answering.
+setImmediate(preloadCommonPasswords)

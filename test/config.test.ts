@@ -224,3 +224,16 @@ describe('loadConfig: secrets and production', () => {
     expect(err.message).not.toContain(sentinel)
   })
 })
+
+describe('DOCS_ENABLED default', () => {
+  it('serves the docs by default in development and not in production', () => {
+    expect(loadConfig({}).docsEnabled).toBe(true)
+    expect(loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), BCRYPT_ROUNDS: '12' }).docsEnabled).toBe(
+      false,
+    )
+    expect(
+      loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), BCRYPT_ROUNDS: '12', DOCS_ENABLED: 'true' })
+        .docsEnabled,
+    ).toBe(true)
+  })
+})

@@ -1,14 +1,25 @@
 // The password policy for new passwords (registration, password change): NIST SP 800-63B-4 and
 // ASVS 6.2: a minimum length in code points, no composition rules, no truncation, and a block list.
-import { dictionary } from '@zxcvbn-ts/language-common'
+import { createRequire } from 'node:module'
 import { BCRYPT_MAX_BYTES, utf8Length } from './password.js'
 
-// The ~49,000 most common passwords, from a maintained package (zxcvbn-ts), loaded on first use so
-// that it costs nothing at cold start.
+// The ~49,000 most common passwords, from a maintained package (zxcvbn-ts). Loaded on first use
+// (synchronously, through require, since zod refinements are synchronous), or earlier by
+// preloadCommonPasswords() once the server listens: either way it costs nothing at cold start.
 let common: Set<string> | undefined
 function commonPasswords(): Set<string> {
-  common ??= new Set((dictionary['passwords-common'] as string[]).map((p) => p.toLowerCase()))
+  if (!common) {
+    const { dictionary } = createRequire(import.meta.url)('@zxcvbn-ts/language-common') as {
+      dictionary: Record<string, string[]>
+    }
+    common = new Set((dictionary['passwords-common'] ?? []).map((p) => p.toLowerCase()))
+    if (common.size < 10_000) throw new Error('the common-password list did not load')
+  }
   return common
+}
+
+export function preloadCommonPasswords(): void {
+  commonPasswords()
 }
 
 /** Returns the problems with `password` as a new password for `username`; empty when it is fine. */

@@ -81,6 +81,16 @@ export class LoginThrottle {
     await this.counters.incr(attempt.ipKey, -1, this.limits.ipWindowSeconds * 1000)
   }
 
+  /**
+   * The password could not be checked (the server shed the request, or a store failed): the
+   * attempt counts for nothing, so that overload can never lock anyone out.
+   */
+  async cancelled(attempt: Attempt): Promise<void> {
+    await this.counters.incr(attempt.accountKey, -1, FAILURE_MEMORY_MS)
+    await this.counters.incr(attempt.ipKey, -1, this.limits.ipWindowSeconds * 1000)
+    if (attempt.failureNumber >= this.limits.accountMaxFailures) await this.counters.delete(attempt.lockKey)
+  }
+
   /** The password was wrong. Returns true when this failure locked the account. */
   async failed(attempt: Attempt): Promise<boolean> {
     // The lock itself was set in begin(); it stays.

@@ -63,8 +63,15 @@ export class UserService {
    */
   async login(username: string, password: string, ip: string): Promise<UserRecord> {
     const attempt = await this.throttle.begin(username, ip)
-    const user = USERNAME_PATTERN.test(username) ? await this.store.findByUsername(username) : undefined
-    const ok = await this.#verify(password, user?.passwordHash)
+    let user: UserRecord | undefined
+    let ok: boolean
+    try {
+      user = USERNAME_PATTERN.test(username) ? await this.store.findByUsername(username) : undefined
+      ok = await this.#verify(password, user?.passwordHash)
+    } catch (err) {
+      await this.throttle.cancelled(attempt)
+      throw err
+    }
     if (!ok || !user || user.disabled) {
       if (await this.throttle.failed(attempt)) this.onLockout(username, ip)
       throw invalidGrant()
@@ -76,7 +83,14 @@ export class UserService {
   /** For password change and deletion: the account's own password, throttled like a login. */
   async confirmPassword(user: UserRecord, password: string, ip: string): Promise<void> {
     const attempt = await this.throttle.begin(user.username, ip)
-    if (!(await this.#verify(password, user.passwordHash))) {
+    let ok: boolean
+    try {
+      ok = await this.#verify(password, user.passwordHash)
+    } catch (err) {
+      await this.throttle.cancelled(attempt)
+      throw err
+    }
+    if (!ok) {
       if (await this.throttle.failed(attempt)) this.onLockout(user.username, ip)
       throw new ApiError(400, 'Password is incorrect')
     }
