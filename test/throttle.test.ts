@@ -388,3 +388,29 @@ describe('request caps (@fastify/rate-limit)', () => {
     expect(res.json()).toEqual({ detail: 'Too many requests; retry in 1 hour' })
   })
 })
+
+describe('logins the server sheds under load', () => {
+  it('answers 503 with Retry-After and counts them as no failure: overload never locks an account or an address', async () => {
+    // One hash at a time, none may wait: every login that overlaps another is shed.
+    const app = await appWith({
+      HASH_CONCURRENCY: '1',
+      HASH_QUEUE_MAX: '0',
+      LOGIN_MAX_FAILURES: '2',
+      LOGIN_IP_MAX_FAILURES: '3',
+    })
+    const username = await newUser(app)
+    const results = await Promise.all(Array.from({ length: 12 }, () => attempt(app, username, WRONG)))
+    const shed = results.filter((r) => r.statusCode === 503)
+    expect(shed.length).toBeGreaterThan(3)
+    for (const res of shed) {
+      expect(res.json()).toEqual(oauthError('temporarily_unavailable', 'Server busy, try again shortly'))
+      expect(Number(res.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    }
+    // At most one request was really checked (a 400); the shed ones left no trace in the counters,
+    // so neither the account (limit 2) nor the address (limit 3) is locked now.
+    expect(results.filter((r) => r.statusCode === 400).length).toBeLessThanOrEqual(1)
+    expect((await attempt(app, username, TEST_PASSWORD)).statusCode).toBe(200)
+    const other = await newUser(app)
+    expect((await attempt(app, other, TEST_PASSWORD)).statusCode).toBe(200)
+  })
+})
