@@ -12,7 +12,7 @@ import {
   ValidationErrorBody,
 } from '../schemas.js'
 import { toAdminView } from '../services/users.js'
-import { ADMIN_SECURITY, noStore, requireMediaType } from './hooks.js'
+import { ADMIN_SECURITY, requireMediaType } from './hooks.js'
 
 export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   const admin = app.requireScope('admin')
@@ -22,7 +22,6 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
     '/users',
     {
       onRequest: admin,
-      onSend: noStore,
       schema: {
         summary: 'List users (admin)',
         tags: ['admin'],
@@ -42,7 +41,6 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
     '/users/:id',
     {
       onRequest: admin,
-      onSend: noStore,
       schema: {
         summary: 'Read a user (admin)',
         tags: ['admin'],
@@ -58,7 +56,6 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
     '/users/:id',
     {
       onRequest: [admin, requireMediaType('application/json')],
-      onSend: noStore,
       schema: {
         summary: 'Disable/enable a user or set their roles (admin)',
         description: "Either change ends the user's current access tokens; disabling also ends their sessions.",
@@ -86,7 +83,6 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
     '/users/:id',
     {
       onRequest: admin,
-      onSend: noStore,
       schema: {
         summary: 'Delete a user (admin)',
         tags: ['admin'],

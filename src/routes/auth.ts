@@ -20,7 +20,7 @@ import { grantScope } from '../services/scopes.js'
 import { ReuseDetectedError } from '../services/sessions.js'
 import { toPublic } from '../services/users.js'
 import { normaliseUsername } from '../store/users.js'
-import { BEARER_SECURITY, noStore, requireMediaType } from './hooks.js'
+import { BEARER_SECURITY, requireMediaType } from './hooks.js'
 
 const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
 const REVOKE_FIELDS = ['token', 'token_type_hint', 'client_id', 'client_secret']
@@ -38,7 +38,6 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
     '/register',
     {
       onRequest: requireMediaType('application/json'),
-      onSend: noStore,
       config: {
         rateLimit: {
           max: throttle.registerMax,
@@ -74,7 +73,6 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
         if (grant !== undefined && grant !== 'password' && grant !== 'refresh_token')
           throw new OAuthError('unsupported_grant_type', 'grant_type must be password or refresh_token')
       }),
-      onSend: noStore,
       config: {
         oauthErrors: true,
         // A flood guard per account in front of bcrypt (the lockout itself counts failures: see
@@ -157,7 +155,6 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
     {
       onRequest: requireMediaType('application/x-www-form-urlencoded'),
       preValidation: formChecks(REVOKE_FIELDS),
-      onSend: noStore,
       config: { oauthErrors: true },
       schema: {
         summary: 'Revoke a refresh token or an access token (RFC 7009)',
@@ -182,7 +179,6 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
     '/logout',
     {
       onRequest: app.authenticate,
-      onSend: noStore,
       schema: {
         summary: 'Log out: revoke this access token and its session',
         description: "The user's other sessions keep working.",

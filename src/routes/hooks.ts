@@ -1,5 +1,5 @@
 // Small route-level hooks shared by several routes.
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import { ApiError } from '../errors.js'
 
 /**
@@ -13,12 +13,6 @@ export function requireMediaType(mediaType: string) {
     const type = header?.split(';', 1)[0]?.trim().toLowerCase()
     if (type !== mediaType) throw new ApiError(415, `Content-Type must be ${mediaType}`)
   }
-}
-
-/** onSend hook: responses that carry tokens or user data must not be cached (RFC 6749 §5.1). */
-export async function noStore(_request: FastifyRequest, reply: FastifyReply): Promise<void> {
-  reply.header('cache-control', 'no-store')
-  reply.header('pragma', 'no-cache')
 }
 
 /** The OpenAPI security requirement of a protected route (so Swagger UI sends the token). */

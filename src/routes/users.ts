@@ -10,14 +10,13 @@ import {
   ValidationErrorBody,
 } from '../schemas.js'
 import { toPublic } from '../services/users.js'
-import { BEARER_SECURITY, noStore, requireMediaType } from './hooks.js'
+import { BEARER_SECURITY, requireMediaType } from './hooks.js'
 
 export const userRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get(
     '/users/me',
     {
       onRequest: app.authenticate,
-      onSend: noStore,
       schema: {
         summary: 'The current user',
         tags: ['users'],
@@ -33,7 +32,6 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
     {
       // Authenticate first, then check the media type: an anonymous caller learns nothing more.
       onRequest: [app.authenticate, requireMediaType('application/json')],
-      onSend: noStore,
       schema: {
         summary: 'Change your password',
         description:
@@ -60,7 +58,6 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
     '/users/me',
     {
       onRequest: [app.authenticate, requireMediaType('application/json')],
-      onSend: noStore,
       schema: {
         summary: 'Delete your account',
         description: 'Needs your password. The account and all its tokens are gone; the username becomes free.',

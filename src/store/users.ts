@@ -78,16 +78,30 @@ class PackedUser {
   ) {}
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
-
-/** A UUID as a 16-character string, one character per byte; undefined if not a UUID. Built with
- * String.fromCharCode rather than Buffer, whose many small allocations leave the process's RSS high. */
+/** A UUID as a 16-character string, one character per byte; undefined if not a lower-case UUID.
+ * Hand-parsed (no Buffer, no regex): it runs on every authenticated request. */
 function packId(id: string): string | undefined {
-  if (!UUID.test(id)) return undefined
-  const hex = id.replaceAll('-', '')
-  const bytes = new Array<number>(16)
-  for (let i = 0; i < 16; i++) bytes[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16)
+  if (id.length !== 36) return undefined
+  const bytes: number[] = []
+  for (let i = 0; i < 36; ) {
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (id.charCodeAt(i) !== 45) return undefined // '-'
+      i++
+      continue
+    }
+    const hi = hexValue(id.charCodeAt(i))
+    const lo = hexValue(id.charCodeAt(i + 1))
+    if (hi < 0 || lo < 0) return undefined
+    bytes.push((hi << 4) | lo)
+    i += 2
+  }
   return String.fromCharCode(...bytes)
+}
+
+function hexValue(code: number): number {
+  if (code >= 48 && code <= 57) return code - 48 // 0-9
+  if (code >= 97 && code <= 102) return code - 87 // a-f
+  return -1
 }
 
 function unpackId(key: string): string {
