@@ -16,6 +16,15 @@
 //                      of the storm's own server (default: the server's own defaults, except the
 //                      two above when set; HASH_MAX_WAIT_MS is left unset)
 //   BENCH_COLD_STARTS  cold starts measured (default 5)
+//   BENCH_PG_URL       the PostgreSQL of cases 7-9 (default postgres://postgres@127.0.0.1:5432/test,
+//                      no query string needed). Cases 7-9 run in a schema of their own, bench_<random>,
+//                      created for them and dropped at the end on every way out (a signal included);
+//                      when PostgreSQL does not answer they are skipped, with a line saying so.
+//
+// Cases 7-9 (the PostgreSQL store): 7, GET /users/me with STORE=postgres (with the user cache, and
+// without it for information) against an in-memory server in the same sitting; 8, POST /token with
+// STORE=postgres against the bcrypt bound; 9, the user lookup itself (findById) timed in a child
+// process of its own (bench/pg-lookup.mjs).
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -27,6 +36,7 @@ import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import autocannon from 'autocannon'
 import bcrypt from 'bcrypt'
+import pg from 'pg'
 
 const benchDir = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(benchDir, '..')
@@ -66,6 +76,12 @@ const S = {
   coldStarts: envNumber('BENCH_COLD_STARTS', 5),
   coldStartPollMs: 5,
 }
+// Case 7 compares two medians: at least 3 runs each, except in a smoke run.
+S.pgRuns = QUICK ? S.runs : Math.max(3, S.runs)
+// Case 9: users loaded, seconds per phase, lookups in flight in the concurrent phase.
+S.lookupUsers = QUICK ? 1_000 : 10_000
+S.lookupSeconds = QUICK ? 1 : 3
+S.lookupConcurrency = 32
 // Logins and registrations run twice as long: at ~10/s, the hashes cut off when a run stops are a
 // visible share of a short run (about half a hash time per slot).
 S.hashDurationSeconds = 2 * S.durationSeconds
@@ -116,6 +132,76 @@ const stormEnv = {
 }
 
 // ---------------------------------------------------------------------------------------------
+// PostgreSQL (cases 7-9): a schema of this run's own, on the search_path of every connection.
+
+const PG_URL = process.env.BENCH_PG_URL || 'postgres://postgres@127.0.0.1:5432/test'
+const pgSchema = `bench_${randomBytes(6).toString('hex')}`
+/** PG_URL with any password hidden, for printing. */
+const printablePgUrl = (() => {
+  try {
+    const u = new URL(PG_URL)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return '<BENCH_PG_URL, not a URL>'
+  }
+})()
+/** True from the CREATE SCHEMA (sent) until the DROP succeeded: the exit paths drop it when true. */
+let pgSchemaCreated = false
+
+/**
+ * The DATABASE_URL of a server (or of the lookup child): the run's schema first on search_path
+ * (pg passes the `options` parameter to the server), and an application_name, `<schema>_<app>`,
+ * by which its connections are found in pg_stat_activity (the URL's wins over createPgPool's).
+ */
+function pgUrl(app) {
+  const sep = PG_URL.includes('?') ? '&' : '?'
+  return `${PG_URL}${sep}options=-c%20search_path%3D${pgSchema}&application_name=${pgSchema}_${app}`
+}
+
+/** The server's environment for STORE=postgres (USER_CACHE_TTL_MS: the default, unless in `extra`). */
+const pgServerEnv = (app, extra = {}) => ({
+  ...serverEnv,
+  STORE: 'postgres',
+  DATABASE_URL: pgUrl(app),
+  MIGRATE_ON_START: 'true',
+  ...extra,
+})
+
+/** A connected pg.Client for the bench's own statements; the caller ends it. */
+async function pgClient(app, connectTimeoutMs = 3000) {
+  const client = new pg.Client({
+    connectionString: PG_URL,
+    connectionTimeoutMillis: connectTimeoutMs,
+    application_name: `${pgSchema}_${app}`,
+  })
+  client.on('error', () => {}) // a dropped connection fails the next query instead of the process
+  await client.connect()
+  return client
+}
+
+async function createPgSchema() {
+  const client = await pgClient('admin')
+  try {
+    pgSchemaCreated = true
+    await client.query(`CREATE SCHEMA ${pgSchema}`)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+async function dropPgSchema() {
+  if (!pgSchemaCreated) return
+  const client = await pgClient('admin')
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS ${pgSchema} CASCADE`)
+    pgSchemaCreated = false
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Child processes: every one is tracked and killed on every way out.
 
 const children = new Set()
@@ -129,11 +215,16 @@ function killAll() {
 process.on('exit', () => {
   killAll()
   if (workDir) rmSync(workDir, { recursive: true, force: true })
+  // Last resort, for an exit that skipped every finally block: psql, synchronously, if installed.
+  if (pgSchemaCreated)
+    spawnSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS ${pgSchema} CASCADE`], { stdio: 'ignore', timeout: 5000 })
 })
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(signal, () => {
     killAll()
-    process.exit(130)
+    // The servers are gone: drop the schema of cases 7-9 (if any), waiting at most 5 s for it.
+    const giveUp = new Promise((resolve) => setTimeout(resolve, 5000))
+    Promise.race([dropPgSchema().catch(() => {}), giveUp]).finally(() => process.exit(130))
   })
 }
 
@@ -328,17 +419,29 @@ function noiseMeter() {
   const machine0 = machineBusySeconds()
   const self0 = process.cpuUsage()
   const children0 = childrenCpuSeconds()
-  return () => {
+  /**
+   * The PostgreSQL backends serving our processes are our load, not noise (cases 7-9): `dbPids`,
+   * the pids of those alive now (a pid not seen at the start counts from zero), and `dbSeconds`,
+   * CPU seconds of backends already gone, as their client reported it. Their CPU is returned apart
+   * as dbCpuPct.
+   */
+  return ({ dbPids, dbSeconds } = {}) => {
     const wall = (performance.now() - t0) / 1000
     const machine1 = machineBusySeconds()
     const self = process.cpuUsage(self0)
-    const ours = (self.user + self.system) / 1e6 + (childrenCpuSeconds() - children0)
+    const procs1 = processCpuTable()
+    let dbCpu = dbSeconds ?? (dbPids ? 0 : null)
+    for (const pid of dbPids ?? []) {
+      const now = procs1.get(pid)
+      if (now) dbCpu = (dbCpu ?? 0) + now.cpu - (procs0.get(pid)?.cpu ?? 0)
+    }
+    const ours = (self.user + self.system) / 1e6 + (childrenCpuSeconds() - children0) + (dbCpu ?? 0)
     const otherCpuPct =
       machine0 === null || machine1 === null ? null : Math.max(0, ((machine1 - machine0 - ours) / wall) * 100)
     // Who they were: processes alive at both ends that are not ours, by CPU used in between.
-    const ourPids = new Set([process.pid, ...[...children].map((c) => c.pid)])
+    const ourPids = new Set([process.pid, ...[...children].map((c) => c.pid), ...(dbPids ?? [])])
     const others = []
-    for (const [pid, { name, cpu }] of processCpuTable()) {
+    for (const [pid, { name, cpu }] of procs1) {
       const before = procs0.get(pid)
       if (!before || ourPids.has(pid)) continue
       const pctOfCore = ((cpu - before.cpu) / wall) * 100
@@ -346,11 +449,20 @@ function noiseMeter() {
     }
     others.sort((a, b) => b.pctOfCore - a.pctOfCore)
     for (const { name, pctOfCore } of others) seenOthers.set(name, Math.max(seenOthers.get(name) ?? 0, pctOfCore))
-    return { wallSeconds: wall, otherCpuPct, otherProcesses: others.slice(0, 5) }
+    return {
+      wallSeconds: wall,
+      otherCpuPct,
+      otherProcesses: others.slice(0, 5),
+      ...(dbCpu !== null && { dbCpuPct: (dbCpu / wall) * 100 }),
+    }
   }
 }
 
-const noiseFields = ({ otherCpuPct, otherProcesses }) => ({ otherCpuPct, otherProcesses })
+const noiseFields = ({ otherCpuPct, otherProcesses, dbCpuPct }) => ({
+  otherCpuPct,
+  otherProcesses,
+  ...(dbCpuPct !== undefined && { dbCpuPct }),
+})
 
 function rssBytes(pid) {
   try {
@@ -389,10 +501,12 @@ async function cannon(server, options) {
   const wallSeconds = (performance.now() - t0) / 1000
   const serverCpu1 = cpuSeconds(server.child.pid)
   const selfCpu = process.cpuUsage(selfCpu0)
+  // Cases 7-8: the PostgreSQL backends of our servers, counted as ours (see noiseMeter).
+  const dbPids = server.dbPids ? await server.dbPids() : undefined
   return summarise(result, {
     serverCpuPct: serverCpu0 === null || serverCpu1 === null ? null : ((serverCpu1 - serverCpu0) / wallSeconds) * 100,
     clientCpuPct: ((selfCpu.user + selfCpu.system) / 1e6 / wallSeconds) * 100,
-    ...noiseFields(noise()),
+    ...noiseFields(noise({ dbPids })),
     loadAverage1m: os.loadavg()[0],
   })
 }
@@ -547,6 +661,28 @@ function row(kase, metric, value, target = '', ok = undefined, runs = '') {
   rows.push({ case: kase, metric, value, runs, target, result: ok === undefined ? '' : verdict(ok) })
 }
 const listRuns = (values, digits = 0, unit = '') => values.map((v) => `${fmt(v, digits)}${unit}`).join(' / ')
+const med = (list, f) => median(list.map(f))
+/** p50 / p99 / max of autocannon runs, each the median over the runs. */
+const lat = (list) =>
+  `p50 ${fmt(
+    med(list, (x) => x.latencyMs.p50),
+    1,
+  )} / p99 ${fmt(
+    med(list, (x) => x.latencyMs.p99),
+    1,
+  )} / max ${fmt(
+    med(list, (x) => x.latencyMs.max),
+    1,
+  )} ms`
+const noiseRow = (kase, list) =>
+  row(
+    kase,
+    "others' CPU, % of a core (noise)",
+    fmt(med(list, (x) => x.otherCpuPct)),
+    '',
+    undefined,
+    listRuns(list.map((x) => x.otherCpuPct)),
+  )
 
 function printTable() {
   const headers = {
@@ -584,7 +720,20 @@ const results = {
     node: process.version,
     date: new Date().toISOString(),
   },
-  settings: { ...S, serverEnv: printableEnv },
+  settings: {
+    ...S,
+    serverEnv: printableEnv,
+    postgres: {
+      url: printablePgUrl,
+      schema: pgSchema,
+      serverEnvAdded: {
+        STORE: 'postgres',
+        DATABASE_URL: pgUrl('<server|nocache>'),
+        MIGRATE_ON_START: 'true',
+        USER_CACHE_TTL_MS: 'unset (the default), and 0 for the no-cache server of case 7',
+      },
+    },
+  },
   cases: {},
 }
 
@@ -600,7 +749,13 @@ async function main() {
   )
   console.log('Server environment (rate limits raised so that throttling does not count):')
   for (const [k, v] of Object.entries(printableEnv)) console.log(`  ${k}=${v}`)
-  console.log(`Logins and registrations (cases 2, 3) use ${S.hashConnections} connections.`)
+  console.log(`Logins and registrations (cases 2, 3, 8) use ${S.hashConnections} connections.`)
+  console.log(
+    `Cases 7-9 (PostgreSQL ${printablePgUrl}): schema ${pgSchema}, created for this run and dropped at the end; the servers get the environment above plus STORE=postgres, MIGRATE_ON_START=true, DATABASE_URL with search_path=${pgSchema} (USER_CACHE_TTL_MS: the default, and 0 for case 7's no-cache server).`,
+  )
+  console.log(
+    `  Case 7: ${S.pgRuns} run(s) of each server, one user (one token): with the cache, every lookup but one per USER_CACHE_TTL_MS is a hit, the best case; the no-cache server is the worst.`,
+  )
   const stormDiff = Object.entries(stormEnv).filter(([k, v]) => serverEnv[k] !== v)
   const stormUnset = Object.keys(serverEnv).filter((k) => !(k in stormEnv))
   console.log(
@@ -613,16 +768,30 @@ async function main() {
   try {
     const { loadConfig } = await import('../dist/config.js')
     results.settings.serverConfig = {}
+    let first
     for (const [name, env] of [
       ['cases 1-3, 6', serverEnv],
       ['case 4 (storm)', stormEnv],
+      ['cases 7-8 (postgres)', pgServerEnv('server')],
+      ['case 7 (postgres, no user cache)', pgServerEnv('nocache', { USER_CACHE_TTL_MS: '0' })],
     ]) {
       const config = loadConfig(env)
       const storage = config.storage
-        ? `${config.storage.kind}${config.storage.redisUrl ? ' + redis' : ''}`
+        ? `${config.storage.kind}${config.storage.redisUrl ? ' + redis' : ''}${
+            config.storage.kind === 'postgres' ? `, USER_CACHE_TTL_MS ${config.storage.userCacheTtlMs}` : ''
+          }`
         : 'memory (no storage setting)'
-      results.settings.serverConfig[name] = { storage, password: config.password, throttle: config.throttle }
+      results.settings.serverConfig[name] = {
+        storage,
+        ...(config.storage?.kind === 'postgres' && { userCacheTtlMs: config.storage.userCacheTtlMs }),
+        password: config.password,
+        throttle: config.throttle,
+      }
       console.log(`Server config for ${name} (loadConfig): storage ${storage}`)
+      // The PostgreSQL servers differ from the first only in their storage: not printed twice.
+      const rest = JSON.stringify([config.password, config.throttle])
+      first ??= rest
+      if (env.STORE === 'postgres' && rest === first) continue
       console.log(`  password ${JSON.stringify(config.password)}`)
       console.log(`  throttle ${JSON.stringify(config.throttle)}`)
     }
@@ -682,7 +851,6 @@ async function main() {
         await sleep(250)
       }
     }
-    const med = (list, f) => median(list.map(f))
     const c1 = {
       realRps: med(case1.real, (x) => x.rps),
       floorRps: med(case1.floor, (x) => x.rps),
@@ -843,17 +1011,6 @@ async function main() {
     }
 
     // Rows for cases 1-4.
-    const lat = (list) =>
-      `p50 ${fmt(
-        med(list, (x) => x.latencyMs.p50),
-        1,
-      )} / p99 ${fmt(
-        med(list, (x) => x.latencyMs.p99),
-        1,
-      )} / max ${fmt(
-        med(list, (x) => x.latencyMs.max),
-        1,
-      )} ms`
     row('1 GET /users/me', 'server req/s', fmt(c1.realRps), '', undefined, listRuns(case1.real.map((x) => x.rps)))
     row('1 GET /users/me', 'server latency', lat(case1.real))
     row('1 GET /users/me', 'floor req/s', fmt(c1.floorRps), '', undefined, listRuns(case1.floor.map((x) => x.rps)))
@@ -864,15 +1021,6 @@ async function main() {
       'CPU % of a core: server / floor / client',
       `${fmt(med(case1.real, (x) => x.serverCpuPct))} / ${fmt(med(case1.floor, (x) => x.serverCpuPct))} / ${fmt(med(case1.real, (x) => x.clientCpuPct))}`,
     )
-    const noiseRow = (kase, list) =>
-      row(
-        kase,
-        "others' CPU, % of a core (noise)",
-        fmt(med(list, (x) => x.otherCpuPct)),
-        '',
-        undefined,
-        listRuns(list.map((x) => x.otherCpuPct)),
-      )
     noiseRow('1 GET /users/me', [...case1.real, ...case1.floor])
     const c1Failures = [...case1.real, ...case1.floor].reduce((a, x) => a + x.errors + x.non2xx, 0)
     row('1 GET /users/me', 'non-2xx + errors', fmt(c1Failures), '0', c1Failures === 0)
@@ -1075,6 +1223,370 @@ async function main() {
         ),
   )
   row('6 cold start', "others' CPU, % of a core (noise)", fmt(results.cases.coldStart.otherCpuPct))
+
+  // ---- Cases 7-9: the PostgreSQL store (skipped when PostgreSQL does not answer).
+  await postgresCases(sampleHash)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases 7-9: the PostgreSQL store.
+
+function runLookupChild(hash) {
+  return new Promise((resolve, reject) => {
+    const child = track(
+      spawn(process.execPath, [path.join(benchDir, 'pg-lookup.mjs')], {
+        cwd: workDir,
+        env: {
+          ...baseEnv,
+          BENCH_PG_URL: pgUrl('lookup'),
+          BENCH_HASH: hash,
+          BENCH_LOOKUP_USERS: String(S.lookupUsers),
+          BENCH_LOOKUP_SECONDS: String(S.lookupSeconds),
+          BENCH_LOOKUP_CONCURRENCY: String(S.lookupConcurrency),
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    )
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => {
+      stdout += d
+    })
+    child.stderr.on('data', (d) => {
+      stderr += d
+    })
+    child.once('error', reject)
+    child.once('exit', (code) => {
+      if (code !== 0) return reject(new Error(`lookup child exited with ${code}: ${stderr.slice(-1000)}`))
+      try {
+        resolve(JSON.parse(stdout.trim().split('\n').pop()))
+      } catch (err) {
+        reject(err)
+      }
+    })
+  })
+}
+
+/**
+ * Cases 7-9, in the run's own schema (dropped at the end, whatever happens). When PostgreSQL does
+ * not answer, or the schema cannot be created, they are skipped: a line and a row say so.
+ */
+async function postgresCases(sampleHash) {
+  try {
+    await createPgSchema()
+  } catch (err) {
+    const reason = `PostgreSQL at ${printablePgUrl} not usable (${err.message || err.code || err})`
+    pgSchemaCreated = false // nothing was created, or nothing can be dropped anyway
+    log(`cases 7-9 skipped: ${reason}`)
+    console.log(`\nCases 7-9 (PostgreSQL) skipped: ${reason}`)
+    results.cases.postgres = { skipped: reason }
+    row('7-9 PostgreSQL', 'skipped', reason)
+    return
+  }
+  let watch
+  try {
+    // Our servers' backends, by application_name (`<schema>_<app>`), for the CPU they use.
+    watch = await pgClient('watch')
+    const prefix = `${pgSchema}_`
+    const dbPids = () =>
+      watch
+        .query('SELECT pid FROM pg_stat_activity WHERE left(application_name, $1) = $2', [prefix.length, prefix])
+        .then(
+          ({ rows }) => new Set(rows.map((r) => r.pid)),
+          () => undefined,
+        )
+    const servers = []
+    try {
+      await serverCases(servers, dbPids)
+    } finally {
+      log('stopping the servers of cases 7-8')
+      await Promise.all(servers.map((server) => stopChild(server.child)))
+    }
+    await lookupCase(sampleHash)
+  } finally {
+    await watch?.end().catch(() => {})
+    try {
+      await dropPgSchema()
+    } catch (err) {
+      console.log(`\nWARNING: could not drop schema ${pgSchema}: ${err.message}`)
+      results.cases.postgres = { ...results.cases.postgres, dropError: err.message }
+    }
+  }
+}
+
+/** Cases 7 and 8: the server with STORE=postgres. Pushes the servers it starts onto `servers`. */
+async function serverCases(servers, dbPids) {
+  log('cases 7-8: starting an in-memory server and two PostgreSQL servers (user cache on, off)')
+  const start = async (name, env) => {
+    const server = await startNode(name, [serverEntry], env)
+    server.dbPids = dbPids
+    servers.push(server)
+    return server
+  }
+  const variants = {
+    memory: { server: await start('in-memory server (case 7)', serverEnv) },
+    cached: { server: await start('postgres server', pgServerEnv('server')) },
+    uncached: { server: await start('postgres server, no cache', pgServerEnv('nocache', { USER_CACHE_TTL_MS: '0' })) },
+  }
+  // What the server makes of an unset USER_CACHE_TTL_MS (its default), from loadConfig above.
+  const ttl = results.settings.serverConfig?.['cases 7-8 (postgres)']?.userCacheTtlMs
+  // One user per store; the two PostgreSQL servers share theirs (registered on one, logged in on both).
+  await register(variants.memory.server.port, 'bench_me')
+  await register(variants.cached.server.port, 'bench_me')
+  let shape
+  for (const [name, v] of Object.entries(variants)) {
+    v.token = await login(v.server.port, 'bench_me')
+    const me = await request(v.server.port, 'GET', '/users/me', { headers: { authorization: `Bearer ${v.token}` } })
+    if (me.status !== 200) throw new Error(`GET /users/me (${name}): ${me.status} ${me.text.slice(0, 300)}`)
+    const keys = Object.keys(me.json).sort().join(',')
+    shape ??= keys
+    if (keys !== shape) throw new Error(`GET /users/me (${name}) answers ${keys}, the in-memory server ${shape}`)
+  }
+  const meOptions = (token) => ({
+    requests: [{ method: 'GET', path: '/users/me', headers: { authorization: `Bearer ${token}` } }],
+  })
+
+  // ---- Case 7: GET /users/me, in-memory vs PostgreSQL (cache on, off), alternating.
+  log('case 7: GET /users/me, in-memory vs PostgreSQL (warm-up)')
+  for (const v of Object.values(variants)) await cannon(v.server, { ...meOptions(v.token), duration: S.warmupSeconds })
+  const case7 = { memory: [], cached: [], uncached: [] }
+  const names = Object.keys(case7)
+  for (let r = 0; r < S.pgRuns; r++) {
+    for (const which of r % 2 === 0 ? names : [...names].reverse()) {
+      log(`case 7 run ${r + 1}/${S.pgRuns}: ${which}`)
+      case7[which].push(await cannon(variants[which].server, meOptions(variants[which].token)))
+      await sleep(250)
+    }
+  }
+  const c7 = {
+    memoryRps: med(case7.memory, (x) => x.rps),
+    cachedRps: med(case7.cached, (x) => x.rps),
+    uncachedRps: med(case7.uncached, (x) => x.rps),
+    userCacheTtlMs: ttl ?? null,
+    cachedRatios: case7.cached.map((x, i) => x.rps / case7.memory[i].rps),
+    uncachedRatios: case7.uncached.map((x, i) => x.rps / case7.memory[i].rps),
+  }
+  c7.cachedRatio = c7.cachedRps / c7.memoryRps
+  c7.uncachedRatio = c7.uncachedRps / c7.memoryRps
+  results.cases.pgUsersMe = { runs: case7, medians: c7 }
+
+  // ---- Case 8: POST /token with STORE=postgres vs the bcrypt bound (case 2's method).
+  log('case 8: bcrypt cost 12 in the bench process')
+  const bcryptTimes = await hashTimes(5)
+  const parallelRates = []
+  const case8 = []
+  for (let r = 0; r < S.runs; r++) {
+    log(`case 8 run ${r + 1}/${S.runs}: POST /token on PostgreSQL (bcrypt timed first)`)
+    bcryptTimes.push(...(await hashTimes(S.bcryptSamplesPerRun)))
+    parallelRates.push(await parallelHashRate())
+    case8.push(
+      await cannon(variants.cached.server, {
+        connections: S.hashConnections,
+        duration: S.hashDurationSeconds,
+        requests: [
+          {
+            method: 'POST',
+            path: '/token',
+            headers: { 'content-type': 'application/x-www-form-urlencoded' },
+            body: loginBody('bench_me'),
+          },
+        ],
+      }),
+    )
+    await sleep(250)
+  }
+  const hashMs = median(bcryptTimes)
+  const c8 = { loginRps: med(case8, (x) => x.rps), bound: CORES / (hashMs / 1000), hashMs }
+  c8.ratio = c8.loginRps / c8.bound
+  c8.vsMemoryLogins = results.cases.login ? c8.loginRps / results.cases.login.medians.loginRps : null
+  results.cases.pgLogin = {
+    hashMsSamples: bcryptTimes,
+    parallelHashesPerSecond: parallelRates,
+    runs: case8,
+    medians: c8,
+  }
+
+  results.servers ??= {}
+  for (const [name, v] of Object.entries(variants)) {
+    const { child, output } = v.server
+    results.servers[`case7 ${name}`] = {
+      rssBytesAtEnd: rssBytes(child.pid),
+      logLines: output.lines,
+      logTail: output.tail,
+    }
+  }
+
+  // Rows for cases 7 and 8.
+  const k7 = '7 PostgreSQL /users/me'
+  const cacheLabel = `user cache ${ttl ?? '?'} ms`
+  row(k7, 'in-memory req/s', fmt(c7.memoryRps), '', undefined, listRuns(case7.memory.map((x) => x.rps)))
+  row(k7, 'in-memory latency', lat(case7.memory))
+  row(k7, `postgres req/s (${cacheLabel})`, fmt(c7.cachedRps), '', undefined, listRuns(case7.cached.map((x) => x.rps)))
+  row(k7, 'postgres latency', lat(case7.cached))
+  row(
+    k7,
+    'postgres / in-memory',
+    pct(c7.cachedRatio),
+    '>= 50%',
+    c7.cachedRatio >= 0.5,
+    c7.cachedRatios.map(pct).join(' / '),
+  )
+  row(
+    k7,
+    'postgres, no cache (TTL 0) req/s (info)',
+    fmt(c7.uncachedRps),
+    '',
+    undefined,
+    listRuns(case7.uncached.map((x) => x.rps)),
+  )
+  row(k7, 'postgres, no cache latency (info)', lat(case7.uncached))
+  row(k7, 'no cache / in-memory (info)', pct(c7.uncachedRatio), '', undefined, c7.uncachedRatios.map(pct).join(' / '))
+  for (const [which, label] of [
+    ['memory', 'in-memory'],
+    ['cached', 'postgres'],
+    ['uncached', 'no cache'],
+  ]) {
+    const list = case7[which]
+    row(
+      k7,
+      `CPU % of a core, ${label}: server / pg backends / client`,
+      `${fmt(med(list, (x) => x.serverCpuPct))} / ${fmt(med(list, (x) => x.dbCpuPct))} / ${fmt(med(list, (x) => x.clientCpuPct))}`,
+    )
+  }
+  const c7Failures = names.map((n) => case7[n].reduce((a, x) => a + x.errors + x.non2xx, 0))
+  const c7FailuresTotal = c7Failures.reduce((a, b) => a + b, 0)
+  row(
+    k7,
+    'non-2xx + errors',
+    fmt(c7FailuresTotal),
+    '0',
+    c7FailuresTotal === 0,
+    `${c7Failures.join(' / ')} (mem/pg/no cache)`,
+  )
+  noiseRow(
+    k7,
+    names.flatMap((n) => case7[n]),
+  )
+
+  const k8 = '8 PostgreSQL /token'
+  row(k8, 'bcrypt cost 12, one hash (bench)', `${fmt(hashMs, 1)} ms`, '', undefined, `${bcryptTimes.length} samples`)
+  row(k8, `bcrypt bound (${CORES} cores / hash)`, `${fmt(c8.bound, 2)}/s`)
+  row(
+    k8,
+    `bcrypt, ${CORES} hashes at once (info)`,
+    `${fmt(median(parallelRates), 2)}/s`,
+    '',
+    undefined,
+    listRuns(parallelRates, 2),
+  )
+  row(
+    k8,
+    'logins/s',
+    fmt(c8.loginRps, 2),
+    '',
+    undefined,
+    listRuns(
+      case8.map((x) => x.rps),
+      2,
+    ),
+  )
+  row(k8, 'latency', lat(case8))
+  row(k8, 'logins/s / bound', pct(c8.ratio), '>= 90%', c8.ratio >= 0.9)
+  row(k8, 'logins/s vs in-memory (case 2) (info)', c8.vsMemoryLogins === null ? 'n/a' : pct(c8.vsMemoryLogins))
+  row(
+    k8,
+    'CPU % of a core: server / pg backends / client',
+    `${fmt(med(case8, (x) => x.serverCpuPct))} / ${fmt(med(case8, (x) => x.dbCpuPct))} / ${fmt(med(case8, (x) => x.clientCpuPct))}`,
+  )
+  const c8Failures = case8.reduce((a, x) => a + x.errors + x.non2xx, 0)
+  row(k8, 'non-2xx + errors', fmt(c8Failures), '0', c8Failures === 0)
+  noiseRow(k8, case8)
+}
+
+/** Case 9: findById alone, in a child process (bench/pg-lookup.mjs), with no server running. */
+async function lookupCase(sampleHash) {
+  const case9 = []
+  const noise = noiseMeter()
+  let dbSeconds = 0
+  for (let r = 0; r < S.runs; r++) {
+    log(`case 9 run ${r + 1}/${S.runs}: findById, ${fmt(S.lookupUsers)} users, ${S.lookupSeconds} s per phase`)
+    const run = await runLookupChild(sampleHash)
+    dbSeconds += run.backendCpuSecondsTotal ?? 0
+    case9.push(run)
+  }
+  const phases = ['memory', 'pgSerial', 'pgParallel', 'cacheHits']
+  const medians = {}
+  for (const p of phases) {
+    medians[p] = {}
+    for (const key of ['perSecond', 'microsP50', 'microsP99', 'clientCpuMicrosPerLookup', 'backendCpuMicrosPerLookup'])
+      medians[p][key] = med(case9, (x) => x[p][key])
+  }
+  results.cases.pgLookup = { runs: case9, medians, ...noiseFields(noise({ dbSeconds })) }
+
+  const k9 = '9 user lookup (findById)'
+  const m = medians
+  const us = (v, digits) => `${fmt(v, digits)} µs`
+  row(
+    k9,
+    'in-memory (MemoryUserStore)',
+    `${us(m.memory.microsP50, 2)}`,
+    '',
+    undefined,
+    listRuns(
+      case9.map((x) => x.memory.microsP50),
+      2,
+      ' µs',
+    ),
+  )
+  row(
+    k9,
+    'postgres, 1 at a time: p50 / p99',
+    `${us(m.pgSerial.microsP50, 0)} / ${us(m.pgSerial.microsP99, 0)}`,
+    '',
+    undefined,
+    listRuns(
+      case9.map((x) => x.pgSerial.microsP50),
+      0,
+      ' µs',
+    ),
+  )
+  row(
+    k9,
+    'postgres, 1 at a time: CPU per lookup, node / pg backend',
+    `${us(m.pgSerial.clientCpuMicrosPerLookup, 0)} / ${us(m.pgSerial.backendCpuMicrosPerLookup, 0)}`,
+  )
+  const poolMax = case9[0]?.poolMax ?? '?'
+  row(
+    k9,
+    `postgres, ${S.lookupConcurrency} in flight (pool ${poolMax}): lookups/s`,
+    fmt(m.pgParallel.perSecond),
+    '',
+    undefined,
+    listRuns(case9.map((x) => x.pgParallel.perSecond)),
+  )
+  row(
+    k9,
+    `postgres, ${S.lookupConcurrency} in flight: p50 / p99 (pool wait incl.)`,
+    `${us(m.pgParallel.microsP50, 0)} / ${us(m.pgParallel.microsP99, 0)}`,
+  )
+  row(
+    k9,
+    `postgres, ${S.lookupConcurrency} in flight: CPU per lookup, node / pg`,
+    `${us(m.pgParallel.clientCpuMicrosPerLookup, 0)} / ${us(m.pgParallel.backendCpuMicrosPerLookup, 0)}`,
+  )
+  row(
+    k9,
+    'cached over postgres, hits (CachedUserStore)',
+    us(m.cacheHits.microsP50, 2),
+    '',
+    undefined,
+    listRuns(
+      case9.map((x) => x.cacheHits.microsP50),
+      2,
+      ' µs',
+    ),
+  )
+  row(k9, "others' CPU, % of a core (noise)", fmt(results.cases.pgLookup.otherCpuPct))
 }
 
 let crashed = null
