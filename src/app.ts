@@ -2,13 +2,11 @@
 import { randomUUID } from 'node:crypto'
 import formbody from '@fastify/formbody'
 import rateLimit from '@fastify/rate-limit'
-import swagger from '@fastify/swagger'
-import swaggerUi from '@fastify/swagger-ui'
 import fastJson from 'fast-json-stringify'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 // fastify-type-provider-zod 7 rather than @fastify/type-provider-zod 1: same API, but the latter
 // fails `tsc` under module NodeNext without skipLibCheck (DECISIONS.md).
-import { jsonSchemaTransform, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
+import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod'
 import helmet from 'helmet'
 import { pino } from 'pino'
 import { z } from 'zod'
@@ -252,6 +250,12 @@ function serializerCompiler({ schema }: { schema: unknown }): (data: unknown) =>
 }
 
 async function registerDocs(app: FastifyInstance): Promise<void> {
+  // Imported only when the docs are served (off by default in production): less to load at start.
+  const [{ default: swagger }, { default: swaggerUi }, { jsonSchemaTransform }] = await Promise.all([
+    import('@fastify/swagger'),
+    import('@fastify/swagger-ui'),
+    import('fastify-type-provider-zod'),
+  ])
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
