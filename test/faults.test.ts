@@ -17,7 +17,15 @@ import {
   TEST_PASSWORD,
   uniqueUsername,
 } from './helpers.js'
-import { createTestSchema, describeWith, PG_URL, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
+import {
+  createTestSchema,
+  deleteRedisKeys,
+  describeWith,
+  PG_URL,
+  REDIS_URL,
+  redisPrefix,
+  type TestSchema,
+} from './services.js'
 import { startProxy, type TcpProxy } from './tcp-proxy.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -68,22 +76,6 @@ function expectOAuthPgDown(res: LightMyRequestResponse, ms: number): void {
 
 const readyz = (app: FastifyInstance) => app.inject({ method: 'GET', url: '/readyz' })
 const healthz = (app: FastifyInstance) => app.inject({ method: 'GET', url: '/healthz' })
-
-async function deleteRedisKeys(prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0 })
-  redis.on('error', () => {})
-  try {
-    await redis.connect()
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-      cursor = next
-      if (keys.length > 0) await redis.del(...keys)
-    } while (cursor !== '0')
-  } finally {
-    redis.disconnect()
-  }
-}
 
 describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a running app', () => {
   const LOGIN_MAX_FAILURES = 3

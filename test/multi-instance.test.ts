@@ -7,10 +7,9 @@ import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { Redis } from 'ioredis'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { FORM, type JsonBody, readJson, TEST_PASSWORD, TEST_SECRET, uniqueUsername } from './helpers.js'
-import { createTestSchema, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
+import { createTestSchema, deleteRedisKeys, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
 const SERVER = fileURLToPath(new URL('../dist/server.js', import.meta.url))
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -160,21 +159,7 @@ describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and
   afterAll(async () => {
     await Promise.all([...children].map(stopInstance))
     if (process.env.MULTI_INSTANCE_FIGURES) console.info('multi-instance figures (ms):', figures)
-    if (prefix) {
-      const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0 })
-      redis.on('error', () => {})
-      try {
-        await redis.connect()
-        let cursor = '0'
-        do {
-          const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-          cursor = next
-          if (keys.length > 0) await redis.del(...keys)
-        } while (cursor !== '0')
-      } finally {
-        redis.disconnect()
-      }
-    }
+    if (prefix) await deleteRedisKeys(prefix)
     await db?.drop()
   })
 

@@ -4,7 +4,6 @@
 // from the tables (the store's own behaviour is in store-contract.test.ts).
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
-import { Redis } from 'ioredis'
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
 import {
   buildTestApp,
@@ -18,7 +17,7 @@ import {
   TEST_PASSWORD,
   uniqueUsername,
 } from './helpers.js'
-import { createTestSchema, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
+import { createTestSchema, deleteRedisKeys, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -332,19 +331,3 @@ describeWith(['postgres', 'redis'], 'the app on PostgreSQL with Redis', () => {
     expect((await attempt(elsewhere)).statusCode).toBe(201)
   })
 })
-
-async function deleteRedisKeys(prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0 })
-  redis.on('error', () => {})
-  try {
-    await redis.connect()
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-      cursor = next
-      if (keys.length > 0) await redis.del(...keys)
-    } while (cursor !== '0')
-  } finally {
-    redis.disconnect()
-  }
-}
