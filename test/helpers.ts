@@ -68,18 +68,28 @@ export function register(
   })
 }
 
+/** POST a form body built from `fields` (a string is sent as is). */
+export function postForm(
+  app: FastifyInstance,
+  url: string,
+  fields: Record<string, string> | string,
+  headers: Record<string, string> = {},
+): Promise<LightMyRequestResponse> {
+  return app.inject({
+    method: 'POST',
+    url,
+    headers: { 'content-type': FORM, ...headers },
+    payload: typeof fields === 'string' ? fields : new URLSearchParams(fields).toString(),
+  })
+}
+
 /** POST /token with a form body built from `fields` (a string is sent as is). */
 export function postToken(
   app: FastifyInstance,
   fields: Record<string, string> | string,
   headers: Record<string, string> = {},
 ): Promise<LightMyRequestResponse> {
-  return app.inject({
-    method: 'POST',
-    url: '/token',
-    headers: { 'content-type': FORM, ...headers },
-    payload: typeof fields === 'string' ? fields : new URLSearchParams(fields).toString(),
-  })
+  return postForm(app, '/token', fields, headers)
 }
 
 export function getMe(app: FastifyInstance, authorization?: string): Promise<LightMyRequestResponse> {
@@ -248,12 +258,7 @@ export function postRevoke(
   fields: Record<string, string> | string,
   headers: Record<string, string> = {},
 ): Promise<LightMyRequestResponse> {
-  return app.inject({
-    method: 'POST',
-    url: '/revoke',
-    headers: { 'content-type': FORM, ...headers },
-    payload: typeof fields === 'string' ? fields : new URLSearchParams(fields).toString(),
-  })
+  return postForm(app, '/revoke', fields, headers)
 }
 
 /** A request with a Bearer token and, when `body` is given, a JSON body. */
