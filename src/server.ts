@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs'
 import closeWithGrace from 'close-with-grace'
 import { buildApp, REDACT_PATHS } from './app.js'
-import { ConfigError, loadConfig } from './config.js'
+import { ConfigError, JWT_SECRET_PLACEHOLDER, loadConfig } from './config.js'
 import { preloadCommonPasswords } from './security/policy.js'
 
 if (existsSync('.env')) process.loadEnvFile('.env')
@@ -32,6 +32,8 @@ if (config.jwt.keys.ephemeral) {
   app.log.warn(
     `JWT_PRIVATE_KEY_FILE is not set: using an ${config.jwt.algorithm} key pair generated for this process. Tokens stop working at restart.`,
   )
+} else if (config.jwt.algorithm === 'HS256' && config.jwt.secret === JWT_SECRET_PLACEHOLDER) {
+  app.log.warn('JWT_SECRET is the public .env.example placeholder: anyone can forge tokens. Production refuses it.')
 } else if (config.jwt.algorithm === 'HS256' && config.jwt.secretGenerated) {
   app.log.warn(
     'JWT_SECRET is not set: using a random secret generated for this process. Tokens stop working at restart. Set JWT_SECRET for anything but local development.',
