@@ -13,8 +13,10 @@ import {
   CHALLENGE_MISSING,
   decodeClaims,
   getMe,
+  INVALID_GRANT,
   ISO_UTC_PATTERN,
   login,
+  oauthError,
   postToken,
   refresh,
   register,
@@ -29,16 +31,6 @@ import { createTestSchema, describeWith, type TestSchema } from './services.js'
 const ADMIN = { ADMIN_USERNAME: 'chief_admin', ADMIN_PASSWORD: 'granite-Orchid-63-velvet' }
 const INSUFFICIENT_SCOPE = { detail: 'Insufficient scope' }
 const SCOPE_CHALLENGE = 'Bearer realm="fastify-auth-api", error="insufficient_scope", scope="admin"'
-const INVALID_GRANT = {
-  error: 'invalid_grant',
-  error_description: 'Invalid credentials',
-  detail: 'Invalid credentials',
-}
-const oauthError = (error: string, description: string) => ({
-  error,
-  error_description: description,
-  detail: description,
-})
 const BCRYPT_HASH = /\$2[aby]\$\d{2}\$/
 
 function expectInvalidToken(res: LightMyRequestResponse): void {

@@ -18,10 +18,12 @@ import {
   decodeClaims,
   FORM,
   forgeToken,
+  INVALID_GRANT,
   listen,
   login,
   nowSeconds,
   OTHER_SECRET,
+  oauthError,
   portOf,
   postToken,
   type RawResponse,
@@ -38,12 +40,6 @@ import {
 const ADMIN = { ADMIN_USERNAME: 'attack_admin', ADMIN_PASSWORD: 'cobalt-Willow-38-harbor' }
 const NOT_AUTHENTICATED = { detail: 'Not authenticated' }
 const INVALID_CREDENTIALS = { detail: 'Could not validate credentials' }
-const oauthError = (error: string, description: string) => ({
-  error,
-  error_description: description,
-  detail: description,
-})
-const INVALID_GRANT = oauthError('invalid_grant', 'Invalid credentials')
 const NEED_FORM = oauthError('invalid_request', 'Content-Type must be application/x-www-form-urlencoded')
 const NEED_JSON = { detail: 'Content-Type must be application/json' }
 const NOT_JSON = { detail: 'Request body is not valid JSON' }

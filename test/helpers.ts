@@ -21,6 +21,14 @@ export const CHALLENGE_MISSING = `Bearer realm="${REALM}"`
 export const CHALLENGE_INVALID = `Bearer realm="${REALM}", error="invalid_token"`
 export const FORM = 'application/x-www-form-urlencoded'
 
+/** An RFC 6749 §5.2 error body as /token and /revoke send it: exactly these three keys. */
+export const oauthError = (error: string, description: string) => ({
+  error,
+  error_description: description,
+  detail: description,
+})
+export const INVALID_GRANT = oauthError('invalid_grant', 'Invalid credentials')
+
 export type Env = Record<string, string | undefined>
 
 export function testConfig(overrides: Env = {}): Config {

@@ -12,6 +12,7 @@ import {
   getMe,
   login,
   nowSeconds,
+  oauthError,
   postRevoke,
   postToken,
   REFRESH_TOKEN_PATTERN,
@@ -22,11 +23,6 @@ import {
   uniqueUsername,
 } from './helpers.js'
 
-const oauthError = (error: string, description: string) => ({
-  error,
-  error_description: description,
-  detail: description,
-})
 const INVALID_REFRESH = oauthError('invalid_grant', 'Invalid refresh token')
 const INVALID_CREDENTIALS = { detail: 'Could not validate credentials' }
 const ADMIN = { ADMIN_USERNAME: 'sessions_admin', ADMIN_PASSWORD: 'amber-Falcon-27-trellis' }

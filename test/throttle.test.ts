@@ -9,7 +9,9 @@ import {
   buildTestApp,
   type Env,
   getMe,
+  INVALID_GRANT,
   login,
+  oauthError,
   postToken,
   refresh,
   register,
@@ -19,13 +21,7 @@ import {
 } from './helpers.js'
 
 const WRONG = 'not-the-password-99'
-const oauthError = (error: string, description: string) => ({
-  error,
-  error_description: description,
-  detail: description,
-})
 const LOCKED = oauthError('temporarily_unavailable', 'Too many failed login attempts; try again later')
-const INVALID_GRANT = oauthError('invalid_grant', 'Invalid credentials')
 /** Behind a proxy at 127.0.0.1 (inject's address), X-Forwarded-For sets the client address. */
 const PROXY = { TRUST_PROXY: '127.0.0.1' }
 

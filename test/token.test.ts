@@ -8,8 +8,10 @@ import {
   buildTestApp,
   FORM,
   getMe,
+  INVALID_GRANT,
   listen,
   nowSeconds,
+  oauthError,
   postToken,
   readJson,
   register,
@@ -20,16 +22,6 @@ import {
   uniqueUsername,
 } from './helpers.js'
 
-const INVALID_GRANT = {
-  error: 'invalid_grant',
-  error_description: 'Invalid credentials',
-  detail: 'Invalid credentials',
-}
-const oauthError = (error: string, description: string) => ({
-  error,
-  error_description: description,
-  detail: description,
-})
 const NEED_FORM = oauthError('invalid_request', 'Content-Type must be application/x-www-form-urlencoded')
 const BCRYPT_HASH = /\$2[aby]\$\d{2}\$/
 

@@ -1,7 +1,6 @@
 // GET /users/me: the bearer-token contract of issue 2 (RFC 6750 §3, RFC 9068, RFC 8725): the 200
 // body, the two 401 challenges, and every forged or broken token, each built in the test itself.
 import { randomUUID } from 'node:crypto'
-import { connect } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { generateKeyPair, SignJWT } from 'jose'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -19,6 +18,7 @@ import {
   nowSeconds,
   OTHER_SECRET,
   postToken,
+  rawHttp,
   register,
   registerAndLogin,
   TEST_PASSWORD,
@@ -283,33 +283,6 @@ describe('GET /users/me: routing', () => {
   })
 })
 
-/** Sends a raw HTTP/1.1 request over a socket and returns the status, headers and body. */
-function rawRequest(
-  port: number,
-  lines: string[],
-): Promise<{ status: number; headers: Record<string, string>; body: string }> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1')
-    let data = ''
-    socket.setEncoding('utf8')
-    socket.on('data', (chunk) => {
-      data += chunk
-    })
-    socket.on('error', reject)
-    socket.on('end', () => {
-      const [head = '', body = ''] = data.split('\r\n\r\n', 2)
-      const [statusLine = '', ...headerLines] = head.split('\r\n')
-      const headers: Record<string, string> = {}
-      for (const line of headerLines) {
-        const colon = line.indexOf(':')
-        headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim()
-      }
-      resolve({ status: Number(statusLine.split(' ')[1]), headers, body })
-    })
-    socket.write(`${lines.join('\r\n')}\r\n\r\n`)
-  })
-}
-
 describe('GET /users/me over a real socket', () => {
   let port: number
   beforeAll(async () => {
@@ -317,12 +290,15 @@ describe('GET /users/me over a real socket', () => {
   })
 
   it('answers a good token over the socket with 200', async () => {
-    const res = await rawRequest(port, [
-      'GET /users/me HTTP/1.1',
-      'Host: 127.0.0.1',
-      `Authorization: Bearer ${alice.token}`,
-      'Connection: close',
-    ])
+    const res = await rawHttp(
+      port,
+      rawLines([
+        'GET /users/me HTTP/1.1',
+        'Host: 127.0.0.1',
+        `Authorization: Bearer ${alice.token}`,
+        'Connection: close',
+      ]),
+    )
     expect(res.status).toBe(200)
     expect(JSON.parse(res.body)).toEqual(alice.user)
   })
@@ -334,15 +310,23 @@ describe('GET /users/me over a real socket', () => {
     ["two users' good tokens", () => [alice.token, bob.token]],
   ])('rejects two Authorization headers (%s) with 401 invalid_token', async (_label, tokens) => {
     const [first, second] = tokens()
-    const res = await rawRequest(port, [
-      'GET /users/me HTTP/1.1',
-      'Host: 127.0.0.1',
-      `Authorization: Bearer ${first}`,
-      `Authorization: Bearer ${second}`,
-      'Connection: close',
-    ])
+    const res = await rawHttp(
+      port,
+      rawLines([
+        'GET /users/me HTTP/1.1',
+        'Host: 127.0.0.1',
+        `Authorization: Bearer ${first}`,
+        `Authorization: Bearer ${second}`,
+        'Connection: close',
+      ]),
+    )
     expect(res.status).toBe(401)
     expect(JSON.parse(res.body)).toEqual(INVALID_CREDENTIALS)
     expect(res.headers['www-authenticate']).toBe(CHALLENGE_INVALID)
   })
 })
+
+/** The lines of a raw HTTP/1.1 request, joined with CRLF and ended by the blank line. */
+function rawLines(lines: string[]): string {
+  return `${lines.join('\r\n')}\r\n\r\n`
+}
