@@ -128,7 +128,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     if (closing) reply.header('connection', 'close')
   })
   app.addHook('onClose', async () => {
-    await Promise.allSettled([store.close(), sessionStore.close(), denylist.close(), counters.close()])
+    // Stores handed in through deps replace opened ones; each is closed once, then the connections.
+    const overrides = [deps.store, deps.sessions, deps.denylist, deps.counters].filter((s) => s !== undefined)
+    await Promise.allSettled(overrides.map((s) => s.close()))
     await stores.close()
   })
 
