@@ -1,8 +1,13 @@
+// @ts-check
 // Case 5 (memory), run as its own process: `node --expose-gc bench/memory.mjs N` with the
 // precomputed bcrypt hash in BENCH_HASH. Inserts N users through MemoryUserStore.createSync and
 // prints one JSON line with the rss and heapUsed deltas. Imports the built store (dist/).
 import { randomUUID } from 'node:crypto'
-import { MemoryUserStore } from '../dist/store/users.js'
+
+// Imported from the build, typed from its source.
+const { MemoryUserStore } = /** @type {typeof import('../src/store/users.js')} */ (
+  await import(new URL('../dist/store/users.js', import.meta.url).href)
+)
 
 const n = Number(process.argv[2])
 const hash = process.env.BENCH_HASH
@@ -16,6 +21,7 @@ function settle() {
 }
 
 const store = new MemoryUserStore()
+/** @type {import('../src/store/users.js').Role[]} */
 const roles = ['user']
 const before = settle()
 const started = performance.now()
@@ -31,7 +37,7 @@ for (let i = 0; i < n; i++) {
 }
 const insertMs = performance.now() - started
 const after = settle()
-const count = await store.count()
+const { total: count } = await store.list({ limit: 1, offset: 0 })
 if (count !== n) throw new Error(`stored ${count} users, expected ${n}`)
 
 process.stdout.write(

@@ -1,16 +1,20 @@
 // Configuration: every setting comes from the environment, validated once with zod at start.
 // loadConfig never echoes a value back (a value may be a secret): errors name the variable only.
 import { randomBytes } from 'node:crypto'
+import { isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
+import proxyAddr from '@fastify/proxy-addr'
 import { z } from 'zod'
-import { type JwtAlgorithm, KeyConfigError, type KeyRing, loadKeyRing } from './security/keys.js'
+import { ConfigError, KeyConfigError } from './errors.js'
+import { type JwtAlgorithm, type KeyRing, loadKeyRing } from './keys.js'
 
 /** The placeholder shipped in .env.example; production refuses it. */
 export const JWT_SECRET_PLACEHOLDER = 'change-me-to-a-random-secret-of-at-least-32-bytes'
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
-// An empty variable (`PORT=`) counts as unset, never as 0 or "" (DECISIONS.md).
+// An empty variable (`PORT=`) counts as unset, never as 0 or "": that is what a blank line in an
+// env file or `VAR=` in a shell means to the person who wrote it.
 const unsetIfEmpty = (value: unknown) => (value === '' ? undefined : value)
 const int = (min: number, max: number) => z.preprocess(unsetIfEmpty, z.coerce.number().int().min(min).max(max))
 // z.coerce.boolean() turns "false" into true; stringbool parses true/false/1/0/yes/no/on/off.
@@ -23,7 +27,8 @@ const EnvSchema = z.object({
   HOST: text().default('127.0.0.1'),
   LOG_LEVEL: z.preprocess(unsetIfEmpty, z.enum(LOG_LEVELS).optional()),
   AUDIT_LOG: bool().default(true),
-  // Not run through unsetIfEmpty: an empty JWT_SECRET is refused in every mode (DECISIONS.md).
+  // Not run through unsetIfEmpty: an empty JWT_SECRET is refused in every mode, since it is almost
+  // certainly a template left unfilled, and development would otherwise quietly generate one.
   JWT_SECRET: z.string().optional(),
   JWT_ALGORITHM: z.preprocess(unsetIfEmpty, z.enum(['HS256', 'EdDSA', 'ES256', 'RS256']).default('HS256')),
   JWT_PRIVATE_KEY_FILE: text(4096).optional(),
@@ -132,13 +137,6 @@ export interface Config {
   readonly docsEnabled: boolean
   readonly bodyLimit: number
   readonly requestTimeoutMs: number
-}
-
-export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
-    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
-    this.name = 'ConfigError'
-  }
 }
 
 /** Validates `env` and returns a frozen Config, or throws a ConfigError naming each bad variable. */
@@ -284,10 +282,13 @@ function isUrl(value: string, protocols: readonly string[]): boolean {
   }
 }
 
-const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}(\/(3[0-2]|[12]?\d))?$/
-const IPV6 = /^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(\/(12[0-8]|1[01]\d|[1-9]?\d))?$/
-
-/** undefined → no proxy (false); a valid list → the list; anything else → null (invalid). */
+/**
+ * undefined → no proxy (false); a valid list → the list; anything else → null (invalid). Each entry
+ * is a name proxy-addr knows (loopback, linklocal, uniquelocal) or an IP address, optionally with a
+ * CIDR prefix. node:net checks the address strictly (proxy-addr alone would take `1` as 0.0.0.1);
+ * proxy-addr, the library Fastify uses for trustProxy, then compiles the list, so that anything it
+ * would throw on at start-up is refused here, naming the variable.
+ */
 function parseTrustProxy(value: string | undefined): false | string[] | null {
   if (value === undefined) return false
   const entries = value
@@ -296,7 +297,13 @@ function parseTrustProxy(value: string | undefined): false | string[] | null {
     .filter(Boolean)
   if (entries.length === 0) return false
   const known = new Set(['loopback', 'linklocal', 'uniquelocal'])
-  return entries.every((e) => IPV4.test(e) || IPV6.test(e) || known.has(e)) ? entries : null
+  if (!entries.every((e) => known.has(e) || isIP(e.split('/', 1)[0] as string) !== 0)) return null
+  try {
+    proxyAddr.compile(entries)
+  } catch {
+    return null
+  }
+  return entries
 }
 
 function deepFreeze<T extends object>(value: T): T {

@@ -1,34 +1,35 @@
-// Our errors, and the one error handler and not-found handler that decide what a client sees.
-// Every error body is JSON with a human-readable `detail` (the tutorial's clients read it); the
-// OAuth endpoints (/token, /revoke) add RFC 6749 §5.2 `error` and `error_description`.
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod'
+// The error catalogue: every error this server raises, each with its HTTP status (or, for the
+// boot errors, none: they stop the process) and a stable internal code that log lines carry.
+// Routes and services throw these classes and never write a status number themselves; the HTTP
+// edge (plugins/errors.ts) turns them into the one JSON body: `{"detail"}`, plus RFC 6749 §5.2
+// `error`/`error_description` on the OAuth endpoints, plus `errors` for validation failures.
 
-export interface FieldError {
-  field: string
-  message: string
-}
+/** Every API error code and its HTTP status. A code never changes meaning once released. */
+export const ERROR_STATUS = {
+  BAD_REQUEST: 400,
+  OAUTH_ERROR: 400,
+  REFRESH_TOKEN_REUSED: 400,
+  PASSWORD_INCORRECT: 400,
+  TOKEN_MISSING: 401,
+  TOKEN_INVALID: 401,
+  INSUFFICIENT_SCOPE: 403,
+  NOT_FOUND: 404,
+  ROUTE_NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
+  USERNAME_TAKEN: 409,
+  BODY_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  VALIDATION_FAILED: 422,
+  LOGIN_THROTTLED: 429,
+  RATE_LIMITED: 429,
+  INTERNAL: 500,
+  SERVER_BUSY: 503,
+  STORE_UNAVAILABLE: 503,
+} as const
 
-/**
- * An answer to the client, not a bug: it carries no stack trace. Capturing one made each 401 cost
- * more than a whole successful request (issue 4), and requests with bad tokens are exactly what an
- * attacker can send in bulk.
- */
-export class ApiError extends Error {
-  constructor(
-    readonly statusCode: number,
-    readonly detail: string,
-    readonly headers: Record<string, string> = {},
-    readonly oauthError?: OAuthErrorCode,
-  ) {
-    const limit = Error.stackTraceLimit
-    Error.stackTraceLimit = 0
-    super(detail)
-    Error.stackTraceLimit = limit
-    this.name = 'ApiError'
-  }
-}
+export type ErrorCode = keyof typeof ERROR_STATUS
 
+/** RFC 6749 §5.2 and RFC 7009 §2.2.1 error codes used at /token and /revoke. */
 export type OAuthErrorCode =
   | 'invalid_request'
   | 'invalid_grant'
@@ -38,45 +39,207 @@ export type OAuthErrorCode =
   | 'unsupported_token_type'
   | 'server_error'
 
-/** An RFC 6749 §5.2 error: 400 unless told otherwise; the body has exactly error, error_description, detail. */
-export class OAuthError extends ApiError {
-  constructor(code: OAuthErrorCode, description: string, statusCode = 400, headers: Record<string, string> = {}) {
-    super(statusCode, description, headers, code)
-    this.name = 'OAuthError'
+export interface FieldError {
+  /** The field's path, dot-separated ('' for the body itself). */
+  field: string
+  message: string
+}
+
+/**
+ * An answer to the client, not a bug: it carries no stack trace. Capturing one made each 401 cost
+ * more than a whole successful request, and requests with bad tokens are exactly what an attacker
+ * can send in bulk. `detail` is shown to the client; `code` goes to the logs.
+ */
+export class ApiError extends Error {
+  readonly statusCode: number
+
+  constructor(
+    readonly code: ErrorCode,
+    readonly detail: string,
+    readonly headers: Readonly<Record<string, string>> = {},
+    readonly oauthError?: OAuthErrorCode,
+  ) {
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
+    super(detail)
+    Error.stackTraceLimit = limit
+    this.name = new.target.name
+    this.statusCode = ERROR_STATUS[code]
   }
 }
 
-export class ValidationError extends ApiError {
-  constructor(readonly errors: FieldError[]) {
-    super(422, summarise(errors))
-    this.name = 'ValidationError'
+/** A request the server cannot read: malformed body, URL or Content-Length (400). */
+export class BadRequestError extends ApiError {
+  constructor(detail = 'Bad Request') {
+    super('BAD_REQUEST', detail)
+  }
+}
+
+/** An RFC 6749 §5.2 error (400): the body has exactly error, error_description and detail. */
+export class OAuthError extends ApiError {
+  constructor(error: OAuthErrorCode, description: string) {
+    super('OAUTH_ERROR', description, {}, error)
+  }
+}
+
+export const INVALID_CREDENTIALS = 'Invalid credentials'
+/** The one answer to every failed password grant, whatever failed (RFC 6749 §5.2 invalid_grant). */
+export const invalidGrant = () => new OAuthError('invalid_grant', INVALID_CREDENTIALS)
+
+/**
+ * A spent refresh token came back (RFC 9700 §4.14.2): its whole family was revoked. Answers like
+ * any invalid refresh token; the ids are for the audit log only.
+ */
+export class ReuseDetectedError extends ApiError {
+  constructor(
+    readonly familyId: string,
+    readonly userId: string,
+  ) {
+    super('REFRESH_TOKEN_REUSED', 'Invalid refresh token', {}, 'invalid_grant')
+  }
+}
+
+/** The current password given to confirm a change (password change, deletion) is wrong (400, not 401). */
+export class PasswordIncorrectError extends ApiError {
+  constructor() {
+    super('PASSWORD_INCORRECT', 'Password is incorrect')
+  }
+}
+
+/**
+ * RFC 6750 §3.1: 401. No credentials at all (`missing`: the challenge carries no error code) or a
+ * bearer token that is malformed, forged, expired, revoked or of a gone user (`invalid_token`).
+ * The HTTP edge adds the `WWW-Authenticate` challenge with the configured realm.
+ */
+export class MissingTokenError extends ApiError {
+  constructor() {
+    super('TOKEN_MISSING', 'Not authenticated')
+  }
+}
+
+export class InvalidTokenError extends ApiError {
+  constructor() {
+    super('TOKEN_INVALID', 'Could not validate credentials')
+  }
+}
+
+/** RFC 6750 §3.1 insufficient_scope (403): a valid token without `scope`. */
+export class InsufficientScopeError extends ApiError {
+  constructor(readonly scope: string) {
+    super('INSUFFICIENT_SCOPE', 'Insufficient scope')
+  }
+}
+
+/** The resource does not exist (404), e.g. a user id. */
+export class NotFoundError extends ApiError {
+  constructor(what = 'User') {
+    super('NOT_FOUND', `${what} not found`)
+  }
+}
+
+export class RouteNotFoundError extends ApiError {
+  constructor() {
+    super('ROUTE_NOT_FOUND', 'Not Found')
+  }
+}
+
+/** RFC 9110 §15.5.6: a known path with another method; `allow` lists the path's methods. */
+export class MethodNotAllowedError extends ApiError {
+  constructor(allow: readonly string[]) {
+    super('METHOD_NOT_ALLOWED', 'Method Not Allowed', { allow: allow.join(', ') })
   }
 }
 
 export class UsernameTakenError extends ApiError {
   constructor() {
-    super(409, 'Username already registered')
+    super('USERNAME_TAKEN', 'Username already registered')
   }
 }
 
-export const INVALID_CREDENTIALS = 'Invalid credentials'
-export const invalidGrant = () => new OAuthError('invalid_grant', INVALID_CREDENTIALS)
-
-export class ServiceUnavailableError extends ApiError {
-  constructor(detail: string, retryAfterSeconds: number) {
-    super(503, detail, { 'retry-after': String(retryAfterSeconds) }, 'temporarily_unavailable')
+export class BodyTooLargeError extends ApiError {
+  constructor() {
+    super('BODY_TOO_LARGE', 'Request body too large')
   }
 }
 
-/** RFC 6750 §3: 401 with a Bearer challenge. No credentials → no error code; a bad token → invalid_token. */
-export class BearerError extends ApiError {
-  constructor(realm: string, kind: 'missing' | 'invalid') {
-    const challenge = kind === 'missing' ? `Bearer realm="${realm}"` : `Bearer realm="${realm}", error="invalid_token"`
-    super(401, kind === 'missing' ? 'Not authenticated' : 'Could not validate credentials', {
-      'www-authenticate': challenge,
+export class UnsupportedMediaTypeError extends ApiError {
+  /** `expected`: the one media type the route accepts, named in the detail when known. */
+  constructor(expected?: string) {
+    super('UNSUPPORTED_MEDIA_TYPE', expected ? `Content-Type must be ${expected}` : 'Unsupported Media Type')
+  }
+}
+
+/** A body that parses but breaks the rules (422), listing every bad field. */
+export class ValidationError extends ApiError {
+  constructor(readonly errors: FieldError[]) {
+    super('VALIDATION_FAILED', summarise(errors))
+  }
+}
+
+/** The login throttle: the account is locked or the address is over its limit (429, Retry-After in seconds). */
+export class TooManyAttemptsError extends ApiError {
+  constructor(
+    retryAfterSeconds: number,
+    readonly reason: 'account' | 'address',
+  ) {
+    super('LOGIN_THROTTLED', 'Too many failed login attempts; try again later', {
+      'retry-after': String(retryAfterSeconds),
     })
-    this.name = 'BearerError'
   }
+}
+
+/** A request-rate cap (@fastify/rate-limit) was hit (429, Retry-After in seconds). */
+export class TooManyRequestsError extends ApiError {
+  constructor(retryAfterSeconds?: number, detail = 'Too many requests') {
+    super('RATE_LIMITED', detail, retryAfterSeconds === undefined ? {} : { 'retry-after': String(retryAfterSeconds) })
+  }
+}
+
+/** A bug or an unexpected failure: the client sees only this generic 500; the log has the cause. */
+export class InternalError extends ApiError {
+  constructor() {
+    super('INTERNAL', 'Internal Server Error')
+  }
+}
+
+/** The hash gate sheds work it cannot start in time (503 with Retry-After in seconds). */
+export class ServerBusyError extends ApiError {
+  constructor(retryAfterSeconds: number) {
+    super('SERVER_BUSY', 'Server busy, try again shortly', { 'retry-after': String(retryAfterSeconds) })
+  }
+}
+
+/** A dependency (database, cache) is unreachable: 503 quickly, never a hang or a 500. */
+export class StoreUnavailableError extends ApiError {
+  constructor(readonly dependency: string) {
+    super('STORE_UNAVAILABLE', `Service temporarily unavailable: ${dependency} is not reachable`, {
+      'retry-after': '5',
+    })
+  }
+}
+
+// --- Boot errors: no HTTP status; they stop the process with one message naming the variable.
+
+/** Invalid settings. Each problem names its variable, never its value (a value may be a secret). */
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID'
+
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/** A signing key that cannot be used (unreadable file, wrong type); collected into a ConfigError. */
+export class KeyConfigError extends Error {
+  readonly code = 'CONFIG_KEY_INVALID'
+  override name = 'KeyConfigError'
+}
+
+/** ADMIN_USERNAME/ADMIN_PASSWORD cannot be applied at boot (a policy problem, or a name taken). */
+export class AdminSetupError extends Error {
+  readonly code = 'ADMIN_SETUP_FAILED'
+  override name = 'AdminSetupError'
 }
 
 function summarise(errors: FieldError[]): string {
@@ -84,131 +247,4 @@ function summarise(errors: FieldError[]): string {
   if (!first) return 'Invalid request'
   const more = errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''
   return `${first.field === '' ? 'body' : first.field}: ${first.message}${more}`
-}
-
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** Errors on this route use the RFC 6749 §5.2 body (error, error_description, detail). */
-    oauthErrors?: boolean
-  }
-}
-
-// Fastify's own client errors we answer with our body; anything else unknown is a 500.
-const FASTIFY_CLIENT_ERRORS: Record<string, { status: number; detail: string }> = {
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: { status: 415, detail: 'Unsupported Media Type' },
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { status: 400, detail: 'Invalid Content-Length' },
-  FST_ERR_CTP_BODY_TOO_LARGE: { status: 413, detail: 'Request body too large' },
-  FST_ERR_CTP_EMPTY_JSON_BODY: { status: 400, detail: 'Request body is empty' },
-  FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, detail: 'Request body is not valid JSON' },
-  FST_ERR_CTP_EMPTY_TYPE: { status: 415, detail: 'Unsupported Media Type' },
-  FST_ERR_CTP_INVALID_TYPE: { status: 415, detail: 'Unsupported Media Type' },
-  FST_ERR_BAD_URL: { status: 400, detail: 'Malformed URL' },
-  FST_ERR_ASYNC_CONSTRAINT: { status: 400, detail: 'Bad Request' },
-}
-
-function toApiError(err: FastifyError | Error, request: FastifyRequest): ApiError | undefined {
-  if (err instanceof ApiError) return err
-  const fe = err as FastifyError
-  if (hasZodFastifySchemaValidationErrors(fe)) {
-    const errors = fe.validation.map((v) => ({
-      field: (v.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.'),
-      message: v.message ?? 'Invalid value',
-    }))
-    if (request.routeOptions.config.oauthErrors) {
-      return new OAuthError('invalid_request', describeOAuthValidation(fe.validation))
-    }
-    return new ValidationError(errors)
-  }
-  if (fe.code && FASTIFY_CLIENT_ERRORS[fe.code]) {
-    const { status, detail } = FASTIFY_CLIENT_ERRORS[fe.code] as { status: number; detail: string }
-    return new ApiError(status, detail)
-  }
-  // JSON.parse of a deeply nested body overflows the stack; that is the client's input, not our bug.
-  if (err instanceof SyntaxError || (err instanceof RangeError && /call stack/i.test(err.message))) {
-    return new ApiError(400, 'Request body is not valid JSON')
-  }
-  // @fastify/rate-limit and other plugins throw plain errors that carry a 4xx statusCode.
-  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return new ApiError(fe.statusCode, fe.statusCode === 429 ? 'Too many requests' : 'Bad Request')
-  }
-  return undefined
-}
-
-type ZodValidationIssue = { instancePath?: string }
-
-function describeOAuthValidation(issues: ZodValidationIssue[]): string {
-  const field = (issues[0]?.instancePath ?? '').replace(/^\//, '')
-  return field ? `Invalid parameter '${field}'` : 'Invalid request body'
-}
-
-/** The body for an error, in the shape its route uses. */
-export function errorBody(err: ApiError, request: FastifyRequest): Record<string, unknown> {
-  if (request.routeOptions.config?.oauthErrors) {
-    const code: OAuthErrorCode =
-      err.oauthError ??
-      (err.statusCode === 429 || err.statusCode === 503
-        ? 'temporarily_unavailable'
-        : err.statusCode >= 500
-          ? 'server_error'
-          : 'invalid_request')
-    return { error: code, error_description: err.detail, detail: err.detail }
-  }
-  if (err instanceof ValidationError) return { detail: err.detail, errors: err.errors }
-  return { detail: err.detail }
-}
-
-export function sendError(reply: FastifyReply, err: ApiError): FastifyReply {
-  reply.code(err.statusCode)
-  for (const [name, value] of Object.entries(err.headers)) reply.header(name, value)
-  return reply.send(errorBody(err, reply.request))
-}
-
-/**
- * Installs the error handler and the not-found handler on the root instance (both are encapsulated,
- * so installing them anywhere else would miss routes). Unknown errors are logged with the request id
- * and answered with a generic 500: details never reach the client.
- */
-export function installErrorHandlers(app: FastifyInstance): void {
-  app.setErrorHandler((err: FastifyError, request, reply) => {
-    const apiError = toApiError(err, request)
-    if (apiError) {
-      // Debug, not warn: a storm sheds thousands of requests a second, one log write each.
-      if (apiError.statusCode >= 500) request.log.debug({ err: apiError.detail }, 'request shed')
-      return sendError(reply, apiError)
-    }
-    request.log.error({ err }, 'unhandled error')
-    return sendError(reply, new ApiError(500, 'Internal Server Error'))
-  })
-
-  // Fastify answers a known path with a wrong method as 404; we answer 405 with Allow (RFC 9110 §15.5.6).
-  const routes = new Map<string, { pattern: RegExp; methods: Set<string> }>()
-  app.addHook('onRoute', (route) => {
-    let entry = routes.get(route.url)
-    if (!entry) {
-      const source = route.url
-        .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
-        .replace(/:[^/]+/g, '[^/]+')
-        .replace(/\*/g, '.*')
-      entry = { pattern: new RegExp(`^${source}$`), methods: new Set() }
-      routes.set(route.url, entry)
-    }
-    for (const m of [route.method].flat()) entry.methods.add(m)
-  })
-  app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?', 1)[0] ?? ''
-    const allowed = new Set<string>()
-    for (const r of routes.values()) if (r.pattern.test(path)) for (const m of r.methods) allowed.add(m)
-    if (allowed.size > 0) {
-      return sendError(reply, new ApiError(405, 'Method Not Allowed', { allow: [...allowed].sort().join(', ') }))
-    }
-    return sendError(reply, new ApiError(404, 'Not Found'))
-  })
-}
-
-/** A dependency (database, cache) is unreachable: 503 quickly, never a hang or a 500. */
-export class StoreUnavailableError extends ServiceUnavailableError {
-  constructor(readonly dependency: string) {
-    super(`Service temporarily unavailable: ${dependency} is not reachable`, 5)
-    this.name = 'StoreUnavailableError'
-  }
 }

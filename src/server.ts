@@ -2,8 +2,10 @@
 // shuts down gracefully on SIGTERM/SIGINT (in-flight requests finish, then exit 0).
 import { existsSync } from 'node:fs'
 import closeWithGrace from 'close-with-grace'
-import { buildApp, REDACT_PATHS } from './app.js'
-import { ConfigError, JWT_SECRET_PLACEHOLDER, loadConfig } from './config.js'
+import { buildApp } from './app.js'
+import { JWT_SECRET_PLACEHOLDER, loadConfig } from './config.js'
+import { ConfigError } from './errors.js'
+import { loggerOptions } from './logging.js'
 import { preloadCommonPasswords } from './security/policy.js'
 
 if (existsSync('.env')) process.loadEnvFile('.env')
@@ -17,16 +19,7 @@ try {
   process.exit(1)
 }
 
-const app = await buildApp(config, {
-  logger: {
-    level: config.logLevel,
-    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-    serializers: {
-      // The path without its query string: a token pasted into a URL never reaches the log.
-      req: (req) => ({ method: req.method, url: req.url.split('?', 1)[0], remoteAddress: req.ip }),
-    },
-  },
-})
+const app = await buildApp(config, { logger: loggerOptions(config) })
 
 if (config.jwt.keys.ephemeral) {
   app.log.warn(

@@ -1,5 +1,6 @@
-// Account management (issue 3): POST /users/me/password and DELETE /users/me. Every token issued
-// before a password change or a deletion stops working; a login right after the change still works.
+// Account management: POST /users/me/password and DELETE /users/me. Every token issued before a
+// password change or a deletion stops working; a login right after the change still works.
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -67,7 +68,7 @@ const changePassword = (app: FastifyInstance, token: string, current: string, ne
 /** Resolves at the start of a wall-clock second, so that what follows runs within one second. */
 async function startOfSecond(): Promise<void> {
   const ms = Date.now() % 1000
-  if (ms > 50) await new Promise((resolve) => setTimeout(resolve, 1000 - ms + 5))
+  if (ms > 50) await sleep(1000 - ms + 5)
 }
 
 let app: FastifyInstance

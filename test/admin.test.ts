@@ -1,4 +1,4 @@
-// Roles, scopes and the admin endpoints (issue 3): scope grants at /token, 403 insufficient_scope,
+// Roles, scopes and the admin endpoints: scope grants at /token, 403 insufficient_scope,
 // GET/PATCH/DELETE /users, the first admin (ADMIN_USERNAME/ADMIN_PASSWORD at boot, and the
 // create-admin CLI against PostgreSQL), and the absence of default credentials.
 import { spawn } from 'node:child_process'
@@ -436,12 +436,15 @@ describe('the first admin: ADMIN_USERNAME and ADMIN_PASSWORD at boot', () => {
 
   it('promotes an existing account that has the same password', async () => {
     const store = new MemoryUserStore()
-    const first = await buildTestApp({}, { store })
+    const first = await buildTestApp({}, { stores: { users: store } })
     const user = await registerUser(first)
     expect((await login(first, user.username)).scope).toBe('user')
     await first.close()
 
-    const second = await buildTestApp({ ADMIN_USERNAME: user.username, ADMIN_PASSWORD: TEST_PASSWORD }, { store })
+    const second = await buildTestApp(
+      { ADMIN_USERNAME: user.username, ADMIN_PASSWORD: TEST_PASSWORD },
+      { stores: { users: store } },
+    )
     try {
       const tokens = await login(second, user.username)
       expect(tokens.scope).toBe('user admin')
@@ -455,12 +458,12 @@ describe('the first admin: ADMIN_USERNAME and ADMIN_PASSWORD at boot', () => {
 
   it('refuses to start (ready rejects) when the account exists with another password, and promotes nobody', async () => {
     const store = new MemoryUserStore()
-    const first = await buildTestApp({}, { store })
+    const first = await buildTestApp({}, { stores: { users: store } })
     const user = await registerUser(first)
 
     const second = await buildApp(
       testConfig({ ADMIN_USERNAME: user.username, ADMIN_PASSWORD: 'someone-Else-77-entirely' }),
-      { store },
+      { stores: { users: store } },
     )
     await expect(second.ready()).rejects.toThrow(/ADMIN_USERNAME/)
     await second.close().catch(() => {})

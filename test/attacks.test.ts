@@ -1,7 +1,8 @@
-// Our own attack suite (issue 3, "Security tests"), working through STANDARDS.md §0, §1 and (d):
-// forged tokens of every kind listed there (aimed at the admin endpoints: forging admin is the
-// prize), claim tampering, header tricks, enumeration by message, brute force, mass assignment,
-// oversized and malformed input. Each expects the safe answer, and no answer anywhere is a 5xx.
+// Our own attack suite: forged tokens of every kind (alg none, other algorithms, broken signatures,
+// keys named by the token, kid and crit tricks, payloads that are not claims, bad iss, aud, sub,
+// typ, time and own claims), aimed at the admin endpoints (forging admin is the prize); claim
+// tampering, header tricks, enumeration by message, brute force, mass assignment, oversized and
+// malformed input. Each expects the safe answer, and no answer anywhere is a 5xx.
 import { constants, generateKeyPairSync, randomUUID, sign } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'

@@ -2,12 +2,11 @@
 // process: zero-config start, refusal to start in production without a secret, graceful SIGTERM.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { readJson, TEST_PASSWORD, TEST_SECRET } from './helpers.js'
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest'
+import { freePort, readJson, TEST_PASSWORD, TEST_SECRET } from './helpers.js'
 
 const SERVER = fileURLToPath(new URL('../dist/server.js', import.meta.url))
 // An empty working directory, so that a developer's .env never leaks into these tests.
@@ -30,19 +29,6 @@ afterAll(() => {
   rmSync(CWD, { recursive: true, force: true })
 })
 
-/** A port that was free a moment ago: bind port 0, read it, release it. */
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const probe = createServer()
-    probe.once('error', reject)
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address()
-      const port = typeof address === 'object' && address ? address.port : 0
-      probe.close(() => resolvePort(port))
-    })
-  })
-}
-
 /** Starts dist/server.js with exactly `env` (plus PATH), never the test runner's environment. */
 function start(env: Record<string, string>): Started {
   const child = spawn(process.execPath, [SERVER], {
@@ -63,27 +49,15 @@ function start(env: Record<string, string>): Started {
   return { child, output: () => out + err, stderr: () => err, exited }
 }
 
-/** Polls /healthz until the server answers, or fails after `timeoutMs`. */
+/** Polls /healthz every 50 ms until the server answers (any status), or fails after `timeoutMs`. */
 async function waitUntilServing(base: string, started: Started, timeoutMs = 15_000): Promise<Response> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    if (started.child.exitCode !== null) throw new Error(`server exited early:\n${started.output()}`)
-    try {
-      return await fetch(`${base}/healthz`)
-    } catch {
-      await new Promise((r) => setTimeout(r, 50))
-    }
-  }
-  throw new Error(`server did not start:\n${started.output()}`)
-}
-
-/** Resolves once `condition` holds, polling every 5 ms; fails after `timeoutMs`. */
-async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('timed out waiting for a condition')
-    await new Promise((r) => setTimeout(r, 5))
-  }
+  // A fetch that fails means not listening yet; a server that has exited stops the wait at once.
+  const attempt = async () => (started.child.exitCode === null ? await fetch(`${base}/healthz`) : undefined)
+  const res = await vi.waitFor(attempt, { timeout: timeoutMs, interval: 50 }).catch(() => {
+    throw new Error(`server did not start:\n${started.output()}`)
+  })
+  if (res === undefined) throw new Error(`server exited early:\n${started.output()}`)
+  return res
 }
 
 describe('dist/server.js', () => {
@@ -115,6 +89,14 @@ describe('dist/server.js', () => {
     expect(started.stderr()).not.toMatch(/\n\s+at /)
   })
 
+  it("exits 1 for a malformed TRUST_PROXY (':::') naming the variable, without a stack", async () => {
+    const started = start({ PORT: String(await freePort()), TRUST_PROXY: ':::' })
+
+    expect(await started.exited).toBe(1)
+    expect(started.stderr()).toContain('TRUST_PROXY')
+    expect(started.stderr()).not.toMatch(/\n\s+at /)
+  })
+
   it('finishes an in-flight login on SIGTERM, then exits 0', async () => {
     const port = await freePort()
     const started = start({
@@ -139,12 +121,16 @@ describe('dist/server.js', () => {
       method: 'POST',
       body: new URLSearchParams({ username, password: TEST_PASSWORD }),
     })
-    await waitFor(() =>
-      started
-        .output()
-        .split('\n')
-        .some((line) => line.includes('incoming request') && line.includes('"/token"')),
-    )
+    await expect
+      .poll(
+        () =>
+          started
+            .output()
+            .split('\n')
+            .some((line) => line.includes('incoming request') && line.includes('"/token"')),
+        { timeout: 10_000, interval: 5 },
+      )
+      .toBe(true)
     started.child.kill('SIGTERM')
 
     const res = await login

@@ -1,7 +1,9 @@
-// loadConfig: defaults, parsing of empty and boolean variables, and the refusals that stop a boot
-// (issue 2, Configuration). Errors name the variable and never echo its value.
+// loadConfig: defaults, parsing of empty and boolean variables, and the refusals that stop a boot.
+// Errors name the variable and never echo its value.
 import { describe, expect, it } from 'vitest'
-import { ConfigError, JWT_SECRET_PLACEHOLDER, loadConfig } from '../src/config.js'
+import { buildApp } from '../src/app.js'
+import { JWT_SECRET_PLACEHOLDER, loadConfig } from '../src/config.js'
+import { ConfigError } from '../src/errors.js'
 import { type Env, TEST_SECRET } from './helpers.js'
 
 const PRODUCTION = { NODE_ENV: 'production', JWT_SECRET: TEST_SECRET }
@@ -193,9 +195,28 @@ describe('loadConfig: secrets and production', () => {
     expect(loadConfig({ BCRYPT_ROUNDS: '4' }).password.bcryptRounds).toBe(4)
   })
 
-  it.each(['true', '2', '*', 'not-an-ip'])('refuses TRUST_PROXY=%s', (value) => {
-    const err = configError({ TRUST_PROXY: value })
-    expect(err.message).toContain('TRUST_PROXY')
+  it.each(['true', '2', '*', 'not-an-ip', ':::', '1.2.3.4/33', '::1/129', '10.0.0.1, :::', '0x7f000001', 'fe80::/abc'])(
+    'refuses TRUST_PROXY=%s, naming the variable',
+    (value) => {
+      const err = configError({ TRUST_PROXY: value })
+      expect(err.problems).toEqual([expect.stringMatching(/^TRUST_PROXY: /)])
+    },
+  )
+
+  it.each([
+    ['::1', ['::1']],
+    ['loopback, 10.0.0.0/8', ['loopback', '10.0.0.0/8']],
+    ['fe80::/10,::ffff:192.0.2.1', ['fe80::/10', '::ffff:192.0.2.1']],
+  ])('accepts TRUST_PROXY=%s', (value, expected) => {
+    expect(loadConfig({ TRUST_PROXY: value }).trustProxy).toEqual(expected)
+  })
+
+  it('builds an app for every TRUST_PROXY that config accepts (Fastify compiles the same list)', async () => {
+    const app = await buildApp(loadConfig({ TRUST_PROXY: 'loopback, fe80::/10, 10.0.0.0/8, ::ffff:192.0.2.1' }))
+    await app.ready()
+    const res = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-forwarded-for': '203.0.113.9' } })
+    expect(res.statusCode).toBe(200)
+    await app.close()
   })
 
   it('never puts a secret value in the error message, whatever else is wrong', () => {

@@ -1,11 +1,12 @@
-// The app's answers when PostgreSQL or Redis goes away and comes back (issue 5, "Faults"): a TCP
-// proxy in front of each service is stopped (every connection cut, new ones refused) and started
-// again on the same port, under a running app that is never restarted. Also a database that is
-// not there from the start. The stores' own fault behaviour is in store-faults.test.ts.
+// The app's answers when PostgreSQL or Redis goes away and comes back: a TCP proxy in front of
+// each service is stopped (every connection cut, new ones refused) and started again on the same
+// port, under a running app that is never restarted. Also a database that is not there from the
+// start. The stores' own fault behaviour is in store-faults.test.ts.
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import {
   buildTestApp,
   CHALLENGE_INVALID,
@@ -28,8 +29,6 @@ import {
 } from './services.js'
 import { startProxy, type TcpProxy } from './tcp-proxy.js'
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
 /** A hang check, not a benchmark: each answer must come well before any client would give up. */
 const QUICK_MS = 3_000
 const WRONG_PASSWORD = 'wrong-Password-00'
@@ -42,20 +41,23 @@ async function timed(request: Promise<LightMyRequestResponse>): Promise<{ res: L
   return { res, ms: Date.now() - started }
 }
 
-/** Polls `request` every 50 ms until `done` holds for its response; fails after `timeoutMs`. */
-async function until(
+/**
+ * Sends `request` every 50 ms until `check` passes for its response, and returns that response;
+ * fails with check's last error after `timeoutMs`.
+ */
+function until(
   timeoutMs: number,
   request: () => Promise<LightMyRequestResponse>,
-  done: (res: LightMyRequestResponse) => boolean,
+  check: (res: LightMyRequestResponse) => void,
 ): Promise<LightMyRequestResponse> {
-  const started = Date.now()
-  for (;;) {
-    const res = await request()
-    if (done(res)) return res
-    if (Date.now() - started > timeoutMs)
-      throw new Error(`still ${res.statusCode} ${res.body} after ${Date.now() - started} ms`)
-    await sleep(50)
-  }
+  return vi.waitFor(
+    async () => {
+      const res = await request()
+      check(res)
+      return res
+    },
+    { timeout: timeoutMs, interval: 50 },
+  )
 }
 
 /** The 503 of a route that needs the database: `{"detail": ...}` and a Retry-After. */
@@ -138,7 +140,7 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
       const ready = await until(
         1_500,
         () => readyz(app),
-        (res) => res.statusCode === 503,
+        (res) => expect(res.statusCode, res.body).toBe(503),
       )
       expect(Date.now() - started).toBeLessThan(1_500)
       expect(ready.json()).toEqual({
@@ -171,7 +173,7 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
       const ready = await until(
         10_000,
         () => readyz(app),
-        (res) => res.statusCode === 200,
+        (res) => expect(res.statusCode, res.body).toBe(200),
       )
       expect(ready.json()).toEqual({ status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
       expect((await getMe(app, bearer)).statusCode).toBe(200)
@@ -189,7 +191,7 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
       const me = await until(
         3_000,
         () => getMe(app, bearer),
-        (res) => res.statusCode !== 200,
+        (res) => expect(res.statusCode, res.body).not.toBe(200),
       )
       expect(me.statusCode).toBe(401)
       expect(me.headers['www-authenticate']).toBe(CHALLENGE_INVALID)
@@ -200,7 +202,7 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
       const ready = await until(
         1_500,
         () => readyz(app),
-        (res) => res.statusCode === 503,
+        (res) => expect(res.statusCode, res.body).toBe(503),
       )
       expect(ready.json()).toEqual({
         detail: 'Not ready: redis unreachable',
@@ -235,12 +237,12 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
       await until(
         8_000,
         () => getMe(app, bearer),
-        (res) => res.statusCode === 200,
+        (res) => expect(res.statusCode, res.body).toBe(200),
       )
       const ready = await until(
         2_000,
         () => readyz(app),
-        (res) => res.statusCode === 200,
+        (res) => expect(res.statusCode, res.body).toBe(200),
       )
       expect(ready.json()).toEqual({ status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
       // And revocation is shared again: a logout is in Redis, not only in this instance's memory.
@@ -301,7 +303,7 @@ describeWith('postgres', 'PostgreSQL going away without Redis (the denylist in P
     await until(
       10_000,
       () => getMe(app, bearer),
-      (res) => res.statusCode === 200,
+      (res) => expect(res.statusCode, res.body).toBe(200),
     )
     expect((await readyz(app)).statusCode).toBe(200)
   })

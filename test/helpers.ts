@@ -1,7 +1,7 @@
 // Test helpers: a fixed test configuration, the real app, a register-and-login shortcut, and a JWT
 // forger for crafting hostile tokens (any header, any payload, any algorithm) signed in the test.
 import { createHmac, randomUUID } from 'node:crypto'
-import { connect } from 'node:net'
+import { type AddressInfo, connect, createServer } from 'node:net'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { type AppDeps, buildApp } from '../src/app.js'
 import { type Config, loadConfig } from '../src/config.js'
@@ -46,6 +46,18 @@ export async function buildTestApp(overrides: Env = {}, deps: AppDeps = {}): Pro
   const app = await buildApp(testConfig(overrides), deps)
   await app.ready()
   return app
+}
+
+/** A port the OS reports free on 127.0.0.1: bind port 0, read the port it chose, release it. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer()
+    probe.once('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as AddressInfo
+      probe.close(() => resolve(port))
+    })
+  })
 }
 
 /** The base URL of an app listening on an ephemeral loopback port. */
@@ -222,7 +234,7 @@ export function stableHeaders(headers: Headers | Record<string, unknown>): Recor
   return Object.fromEntries(entries.filter(([name]) => name !== 'date' && name !== 'x-request-id'))
 }
 
-// --- Sessions, accounts and admin (issue 3) ----------------------------------------------------
+// --- Sessions, accounts and admin --------------------------------------------------------------
 
 /** An opaque refresh token: the rt_ prefix and at least 256 random bits in base64url (43 characters). */
 export const REFRESH_TOKEN_PATTERN = /^rt_[A-Za-z0-9_-]{43,}$/

@@ -177,7 +177,10 @@ describe('unexpected errors', () => {
   let base: string
   const log = lineCollector()
   beforeAll(async () => {
-    app = await buildApp(testConfig(), { store: new BrokenStore(), logger: { level: 'error', stream: log.stream } })
+    app = await buildApp(testConfig(), {
+      stores: { users: new BrokenStore() },
+      logger: { level: 'error', stream: log.stream },
+    })
     base = await listen(app)
   })
   afterAll(async () => {

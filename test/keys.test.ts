@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import { afterEach, describe, expect, it } from 'vitest'
-import { ConfigError } from '../src/config.js'
+import { ConfigError } from '../src/errors.js'
 import { MemorySessionStore } from '../src/store/sessions.js'
 import { MemoryUserStore } from '../src/store/users.js'
 import { buildTestApp, CHALLENGE_INVALID, getMe, listen, registerAndLogin, testConfig } from './helpers.js'
@@ -131,12 +131,15 @@ describe('key rotation', () => {
     const sessions = new MemorySessionStore()
     const oldKey = keyFiles('ed25519')
     const newKey = keyFiles('ed25519')
-    const before = await app({ JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: oldKey.priv }, { store, sessions })
+    const before = await app(
+      { JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: oldKey.priv },
+      { stores: { users: store, sessions } },
+    )
     const { token: oldToken, username, password } = await registerAndLogin(before)
 
     const after = await app(
       { JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: newKey.priv, JWT_PREVIOUS_KEYS: oldKey.pub },
-      { store, sessions },
+      { stores: { users: store, sessions } },
     )
     expect((await getMe(after, `Bearer ${oldToken}`)).statusCode).toBe(200)
 
@@ -156,7 +159,10 @@ describe('key rotation', () => {
     expect(jwks.keys.map((k) => k.kid)).toEqual([after.config.jwt.kid, before.config.jwt.kid])
 
     // Once the old key leaves JWT_PREVIOUS_KEYS, its tokens stop working.
-    const later = await app({ JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: newKey.priv }, { store, sessions })
+    const later = await app(
+      { JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: newKey.priv },
+      { stores: { users: store, sessions } },
+    )
     const res = await getMe(later, `Bearer ${oldToken}`)
     expect(res.statusCode).toBe(401)
     expect(res.headers['www-authenticate']).toBe(CHALLENGE_INVALID)
@@ -166,11 +172,11 @@ describe('key rotation', () => {
     const store = new MemoryUserStore()
     const sessions = new MemorySessionStore()
     const oldSecret = 'old-secret-old-secret-old-secret-0123456789'
-    const before = await app({ JWT_SECRET: oldSecret }, { store, sessions })
+    const before = await app({ JWT_SECRET: oldSecret }, { stores: { users: store, sessions } })
     const { token } = await registerAndLogin(before)
-    const after = await app({ JWT_PREVIOUS_KEYS: oldSecret }, { store, sessions })
+    const after = await app({ JWT_PREVIOUS_KEYS: oldSecret }, { stores: { users: store, sessions } })
     expect((await getMe(after, `Bearer ${token}`)).statusCode).toBe(200)
-    const without = await app({}, { store, sessions })
+    const without = await app({}, { stores: { users: store, sessions } })
     expect((await getMe(without, `Bearer ${token}`)).statusCode).toBe(401)
   })
 })

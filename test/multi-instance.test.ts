@@ -4,22 +4,22 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { afterAll, beforeAll, expect, it } from 'vitest'
-import { FORM, type JsonBody, readJson, TEST_PASSWORD, TEST_SECRET, uniqueUsername } from './helpers.js'
+import { afterAll, beforeAll, expect, it, vi } from 'vitest'
+import { FORM, freePort, type JsonBody, readJson, TEST_PASSWORD, TEST_SECRET, uniqueUsername } from './helpers.js'
 import { createTestSchema, deleteRedisKeys, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
 const SERVER = fileURLToPath(new URL('../dist/server.js', import.meta.url))
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 const ADMIN_USERNAME = `admin_${randomUUID().slice(0, 8)}`
 const ADMIN_PASSWORD = 'admin-Lantern-93-orchid'
 const NEW_PASSWORD = 'copper-Meadow-71-falcon'
 const LOGIN_MAX_FAILURES = 6
-/** How long a change on one instance may take to be enforced on the other (issue 5: a second). */
+/** How long a change on one instance may take to be enforced on the other: a second (README, Deployment). */
 const PROPAGATION_MS = 1_000
+/** Polls every 10 ms for at most PROPAGATION_MS. */
+const PROPAGATION = { timeout: PROPAGATION_MS, interval: 10 }
 
 /** Set MULTI_INSTANCE_FIGURES=1 to print how long each change took to reach the other instance. */
 const figures: Record<string, number> = {}
@@ -30,14 +30,6 @@ interface Instance {
   readonly child: ChildProcess
   /** The last few kilobytes of its stdout and stderr, for the error if it fails to start. */
   output(): string
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 const children = new Set<ChildProcess>()
@@ -65,16 +57,15 @@ async function startInstance(name: string, env: Record<string, string>): Promise
   child.stderr?.on('data', keep)
   const instance: Instance = { name, url: `http://127.0.0.1:${port}`, child, output: () => output }
 
-  const deadline = Date.now() + 15_000
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) break
-    try {
-      if ((await fetch(`${instance.url}/healthz`)).status === 200) return instance
-    } catch {
-      // Not listening yet.
-    }
-    await sleep(50)
+  // Until /healthz answers 200 (a failed fetch means not listening yet), for at most 15 s; an
+  // instance that has exited stops the wait at once.
+  const exited = () => child.exitCode !== null || child.signalCode !== null
+  const serving = async () => {
+    if (exited()) return false
+    expect((await fetch(`${instance.url}/healthz`)).status).toBe(200)
+    return true
   }
+  if (await vi.waitFor(serving, { timeout: 15_000, interval: 50 }).catch(() => false)) return instance
   throw new Error(`instance ${name} did not start (exit ${child.exitCode ?? child.signalCode}):\n${output}`)
 }
 
@@ -117,15 +108,11 @@ async function meStatus(instance: Instance, accessToken: string): Promise<number
   return res.status
 }
 
-/** Polls every 10 ms until `check` holds; the time it took, or fails after `timeoutMs`. */
-async function within(timeoutMs: number, check: () => Promise<boolean>): Promise<number> {
+/** How long `wait` took to resolve, in ms (the figures MULTI_INSTANCE_FIGURES prints). */
+async function elapsedMs(wait: () => PromiseLike<unknown>): Promise<number> {
   const started = Date.now()
-  for (;;) {
-    if (await check()) return Date.now() - started
-    const elapsed = Date.now() - started
-    if (elapsed > timeoutMs) throw new Error(`not enforced within ${timeoutMs} ms (${elapsed} ms)`)
-    await sleep(10)
-  }
+  await wait()
+  return Date.now() - started
 }
 
 describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and Redis', () => {
@@ -197,7 +184,7 @@ describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and
       headers: { authorization: `Bearer ${access_token}` },
     })
     expect(logout.status).toBe(204)
-    figures.logoutAtoB = await within(PROPAGATION_MS, async () => (await meStatus(b, access_token)) === 401)
+    figures.logoutAtoB = await elapsedMs(() => expect.poll(() => meStatus(b, access_token), PROPAGATION).toBe(401))
     expect(await meStatus(a, access_token)).toBe(401)
   })
 
@@ -214,7 +201,7 @@ describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and
     })
     expect(revoke.status).toBe(200)
     // The session is gone: its access token on B, and its refresh token on either instance.
-    figures.revokeAtoB = await within(PROPAGATION_MS, async () => (await meStatus(b, access_token)) === 401)
+    figures.revokeAtoB = await elapsedMs(() => expect.poll(() => meStatus(b, access_token), PROPAGATION).toBe(401))
     const refresh = await tokenOn(b, { grant_type: 'refresh_token', refresh_token })
     expect(refresh.status).toBe(400)
     expect(await readJson(refresh)).toMatchObject({ error: 'invalid_grant' })
@@ -234,7 +221,9 @@ describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and
       body: JSON.stringify({ current_password: TEST_PASSWORD, new_password: NEW_PASSWORD }),
     })
     expect(change.status).toBe(204)
-    figures.passwordChangeBtoA = await within(PROPAGATION_MS, async () => (await meStatus(a, onA.access_token)) === 401)
+    figures.passwordChangeBtoA = await elapsedMs(() =>
+      expect.poll(() => meStatus(a, onA.access_token), PROPAGATION).toBe(401),
+    )
     expect(await meStatus(b, onB.access_token)).toBe(401)
     const refresh = await tokenOn(a, { grant_type: 'refresh_token', refresh_token: onA.refresh_token })
     expect(refresh.status).toBe(400)

@@ -19,8 +19,6 @@ import {
 } from './helpers.js'
 import { createTestSchema, deleteRedisKeys, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
 const ADMIN_USERNAME = `admin_${randomUUID().slice(0, 8)}`
 const ADMIN_PASSWORD = 'admin-Lantern-93-orchid'
 
@@ -30,15 +28,8 @@ interface Tokens {
   scope: string
 }
 
-/** Polls `check` every 25 ms until it returns true; how long that took, or fails after `timeoutMs`. */
-async function within(timeoutMs: number, check: () => Promise<boolean>): Promise<number> {
-  const started = Date.now()
-  for (;;) {
-    if (await check()) return Date.now() - started
-    if (Date.now() - started > timeoutMs) throw new Error(`condition not met within ${timeoutMs} ms`)
-    await sleep(25)
-  }
-}
+/** Polls every 25 ms for at most a second: how soon every instance must enforce a revocation. */
+const WITHIN_A_SECOND = { timeout: 1_000, interval: 25 }
 
 describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
   let db: TestSchema
@@ -254,7 +245,7 @@ describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
     expect((await getMe(a, bearer)).statusCode).toBe(401)
     const { rows } = await db.pool.query('SELECT id FROM revoked_tokens')
     expect(rows.map((r) => r.id)).toEqual(expect.arrayContaining([expect.stringMatching(/^j:/)]))
-    await within(1_000, async () => (await getMe(b, bearer)).statusCode === 401)
+    await expect.poll(async () => (await getMe(b, bearer)).statusCode, WITHIN_A_SECOND).toBe(401)
     expect((await getMe(b, bearer)).json()).toEqual({ detail: 'Could not validate credentials' })
 
     // /revoke on B, enforced on A; and on a new instance, which loads the list at start.
@@ -266,7 +257,7 @@ describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
       payload: new URLSearchParams({ token: other.token }).toString(),
     })
     expect(revoke.statusCode).toBe(200)
-    await within(1_000, async () => (await getMe(a, `Bearer ${other.token}`)).statusCode === 401)
+    await expect.poll(async () => (await getMe(a, `Bearer ${other.token}`)).statusCode, WITHIN_A_SECOND).toBe(401)
     const fresh = await open()
     expect((await getMe(fresh, `Bearer ${other.token}`)).statusCode).toBe(401)
     expect((await getMe(fresh, bearer)).statusCode).toBe(401)

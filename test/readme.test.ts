@@ -2,8 +2,8 @@
 // and checks each output against the `# ...` line that follows the command in README.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { freePort } from './helpers.js'
 
 interface Step {
   command: string
@@ -34,17 +34,6 @@ function walkthroughSteps(): Step[] {
   return steps
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
 function toRegExp(expected: string): RegExp {
   const escaped = expected
     .replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
@@ -73,15 +62,12 @@ describe('README walkthrough', () => {
       },
       stdio: 'ignore',
     })
-    for (let i = 0; i < 100; i++) {
-      const ok = await fetch(`${base}/healthz`).then(
-        (r) => r.ok,
-        () => false,
-      )
-      if (ok) return
-      await new Promise((r) => setTimeout(r, 100))
-    }
-    throw new Error('server did not start')
+    // Every 100 ms for at most 10 s, until /healthz answers 2xx (a failed fetch means not listening yet).
+    await vi
+      .waitFor(async () => expect((await fetch(`${base}/healthz`)).ok).toBe(true), { timeout: 10_000, interval: 100 })
+      .catch((cause: unknown) => {
+        throw new Error('server did not start', { cause })
+      })
   })
 
   afterAll(() => {

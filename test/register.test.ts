@@ -1,5 +1,5 @@
 // POST /register: the 201 shape, the validation rules (422), conflicts (409) and the wire edges
-// (415, 400, 413) of issue 2, through the real app with inject.
+// (415, 400, 413), through the real app with inject.
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {

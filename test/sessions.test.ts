@@ -1,5 +1,5 @@
-// Sessions (issue 3): refresh tokens (rotation, reuse detection, lifetimes, scope), POST /revoke
-// (RFC 7009), POST /logout, and the denylist that keeps revoked access tokens out until their exp.
+// Sessions: refresh tokens (rotation, reuse detection, lifetimes, scope), POST /revoke (RFC 7009),
+// POST /logout, and the denylist that keeps revoked access tokens out until their exp.
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { MemoryDenyList } from '../src/store/sessions.js'
@@ -524,7 +524,7 @@ describe('POST /logout', () => {
 describe('the denylist', () => {
   it('drops entries once the tokens they block would have expired anyway', async () => {
     const denylist = new MemoryDenyList()
-    const own = await buildTestApp({}, { denylist })
+    const own = await buildTestApp({}, { stores: { denylist } })
     try {
       const { tokens } = await newSession(own)
       expect(denylist.size).toBe(0)

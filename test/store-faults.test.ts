@@ -5,6 +5,7 @@
 import { execFile } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { createServer, type Server, type Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -14,7 +15,6 @@ import { createRedis, RedisCounterStore, RedisDenyList, redisReady } from '../sr
 import { createTestSchema, describeWith, PG_URL, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
 const run = promisify(execFile)
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Port 1 on loopback: nothing listens there, so connections are refused at once. */
 const CLOSED_PG = 'postgres://postgres:s3cret-Pa55@127.0.0.1:1/test'

@@ -1,7 +1,8 @@
-// Brute-force and abuse protection (issue 3): the per-account soft lockout (growing, capped delays,
-// reset on success, the same for unknown names), the per-address failure limit, the request caps of
+// Brute-force and abuse protection: the per-account soft lockout (growing, capped delays, reset on
+// success, the same for unknown names), the per-address failure limit, the request caps of
 // @fastify/rate-limit on /token and /register, and the client address behind (or without) a proxy.
 // Small limits and real waits of about a second.
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { describe, expect, it, onTestFinished } from 'vitest'
 import {
@@ -31,8 +32,6 @@ async function appWith(env: Env, finished: typeof onTestFinished = onTestFinishe
   finished(() => app.close())
   return app
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** A password-grant attempt, from `ip` when given (X-Forwarded-For). */
 function attempt(app: FastifyInstance, username: string, password: string, ip?: string) {

@@ -1,5 +1,5 @@
-// POST /token: the OAuth2 password grant (RFC 6749 §4.3) of issue 2, through inject and over a real
-// socket with fetch, plus the structural timing check (one bcrypt compare on every failure path).
+// POST /token: the OAuth2 password grant (RFC 6749 §4.3), through inject and over a real socket
+// with fetch, plus the structural timing check (one bcrypt compare on every failure path).
 import bcrypt from 'bcrypt'
 import type { FastifyInstance } from 'fastify'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
@@ -352,8 +352,9 @@ describe('POST /token: unknown user and wrong password are indistinguishable', (
     }
   })
 
-  // Timing is tested by structure, not by the clock (DECISIONS.md): every failure path runs exactly
-  // one bcrypt compare, against a hash of the configured cost. The spy calls through to real bcrypt.
+  // Timing is tested by structure, not by the clock (a clock-based test would be flaky and prove
+  // little): every failure path runs exactly one bcrypt compare, against a hash of the configured
+  // cost. The spy calls through to real bcrypt.
   it.each([
     ['a wrong password', () => ({ username, password: 'not-the-Password-1' })],
     ['an unknown user', () => ({ username: uniqueUsername(), password: 'not-the-Password-1' })],

@@ -1,5 +1,5 @@
-// GET /users/me: the bearer-token contract of issue 2 (RFC 6750 §3, RFC 9068, RFC 8725): the 200
-// body, the two 401 challenges, and every forged or broken token, each built in the test itself.
+// GET /users/me: the bearer-token contract (RFC 6750 §3, RFC 9068, RFC 8725): the 200 body, the
+// two 401 challenges, and every forged or broken token, each built in the test itself.
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { generateKeyPair, SignJWT } from 'jose'

@@ -5,7 +5,8 @@
 import { existsSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { buildApp } from '../app.js'
-import { ConfigError, loadConfig } from '../config.js'
+import { loadConfig } from '../config.js'
+import { ConfigError } from '../errors.js'
 
 async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) process.stderr.write('Password (end with Enter, then Ctrl-D): ')

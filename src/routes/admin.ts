@@ -11,8 +11,8 @@ import {
   UserPatchBody,
   ValidationErrorBody,
 } from '../schemas.js'
-import { toAdminView } from '../services/users.js'
 import { ADMIN_SECURITY, requireMediaType } from './hooks.js'
+import { toAdminView } from './views.js'
 
 export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   const admin = app.requireScope('admin')

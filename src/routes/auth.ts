@@ -3,7 +3,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { Config } from '../config.js'
-import { ApiError, OAuthError } from '../errors.js'
+import { OAuthError, ReuseDetectedError, TooManyAttemptsError, TooManyRequestsError } from '../errors.js'
 import {
   Detail,
   EmptyObject,
@@ -17,18 +17,18 @@ import {
   ValidationErrorBody,
 } from '../schemas.js'
 import { grantScope } from '../services/scopes.js'
-import { ReuseDetectedError } from '../services/sessions.js'
-import { toPublic } from '../services/users.js'
 import { normaliseUsername } from '../store/users.js'
 import { BEARER_SECURITY, requireMediaType } from './hooks.js'
+import { toPublic } from './views.js'
 
 const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
 const REVOKE_FIELDS = ['token', 'token_type_hint', 'client_id', 'client_secret']
 
 function tooManyRequests(_request: FastifyRequest, context: { after: string; ttl: number }) {
-  return new ApiError(429, `Too many requests; retry in ${context.after}`, {
-    'retry-after': String(Math.max(1, Math.ceil(context.ttl / 1000))),
-  })
+  return new TooManyRequestsError(
+    Math.max(1, Math.ceil(context.ttl / 1000)),
+    `Too many requests; retry in ${context.after}`,
+  )
 }
 
 export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
@@ -58,6 +58,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
         username,
         email: email ?? null,
         password: (password ?? hashed_password) as string,
+        passwordField: password === undefined ? 'hashed_password' : 'password',
       })
       reply.code(201)
       return toPublic(user)
@@ -139,7 +140,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       try {
         user = await app.users.login(username, password, request.ip)
       } catch (err) {
-        const outcome = err instanceof ApiError && err.statusCode === 429 ? 'throttled' : 'failure'
+        const outcome = err instanceof TooManyAttemptsError ? 'throttled' : 'failure'
         app.audit.info({ event: 'login', outcome, username: logged, ...audit })
         throw err
       }
@@ -169,7 +170,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
     async (request) => {
       const { token, token_type_hint } = request.body
       if (token === undefined) throw new OAuthError('invalid_request', "Missing parameter 'token'")
-      await app.sessions.revoke(token, token_type_hint, app.tokens.verifyAccessToken)
+      await app.sessions.revoke(token, token_type_hint)
       app.audit.info({ event: 'revoke', ip: request.ip, reqId: request.id })
       return {}
     },

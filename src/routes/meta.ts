@@ -2,8 +2,8 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import type { Config } from '../config.js'
+import { publicJwks } from '../keys.js'
 import { Jwks } from '../schemas.js'
-import { publicJwks } from '../security/keys.js'
 
 const READINESS_TIMEOUT_MS = 1_000
 

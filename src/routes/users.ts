@@ -1,6 +1,5 @@
 // The current user's own account: GET /users/me, POST /users/me/password, DELETE /users/me.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
-import { ValidationError } from '../errors.js'
 import {
   Detail,
   NoContent,
@@ -9,8 +8,8 @@ import {
   UserPublic,
   ValidationErrorBody,
 } from '../schemas.js'
-import { toPublic } from '../services/users.js'
 import { BEARER_SECURITY, requireMediaType } from './hooks.js'
+import { toPublic } from './views.js'
 
 export const userRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get(
@@ -45,9 +44,6 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
     async (request, reply) => {
       const { record } = request.auth as NonNullable<typeof request.auth>
       const { current_password, new_password } = request.body
-      const problems = app.users.newPasswordProblems(new_password, record.username)
-      if (problems.length > 0)
-        throw new ValidationError(problems.map((message) => ({ field: 'new_password', message })))
       await app.users.changePassword(record, current_password, new_password, request.ip)
       app.audit.info({ event: 'password_change', userId: record.id, ip: request.ip, reqId: request.id })
       return reply.code(204).send(null)

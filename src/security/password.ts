@@ -2,7 +2,7 @@
 // the event loop), behind a small gate that bounds how many hashes run and how many may wait.
 import { randomBytes } from 'node:crypto'
 import bcrypt from 'bcrypt'
-import { ServiceUnavailableError } from '../errors.js'
+import { ServerBusyError } from '../errors.js'
 
 /** bcrypt uses only the first 72 bytes of its input; longer passwords are refused, never truncated. */
 export const BCRYPT_MAX_BYTES = 72
@@ -113,7 +113,7 @@ export class PasswordHasher {
   #shed(): Error | undefined {
     const expectedWaitMs = this.#gate.waitInJobs * this.#avgHashMs
     if (this.#gate.queued < this.#queueMax && expectedWaitMs <= this.#maxWaitMs) return undefined
-    return new ServiceUnavailableError('Server busy, try again shortly', this.#retryAfterSeconds())
+    return new ServerBusyError(this.#retryAfterSeconds())
   }
 
   #retryAfterSeconds(): number {

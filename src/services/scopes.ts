@@ -19,7 +19,8 @@ export function allowedScopes(roles: readonly Role[]): Scope[] {
 /**
  * The scope to grant at login. Nothing requested → all the roles allow. Requested scopes the roles
  * don't allow are dropped (the response's `scope` says what was granted); invalid_scope only when
- * nothing is left (DECISIONS.md).
+ * nothing is left, so that a client asking for more than it may have still logs in with what it
+ * may (RFC 6749 §3.3 lets the server grant less than requested).
  */
 export function grantScope(roles: readonly Role[], requested: string | undefined): string {
   const allowed = allowedScopes(roles)

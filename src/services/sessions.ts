@@ -2,8 +2,8 @@
 // tokens and sessions (RFC 6749 §6 and §10.4, RFC 9700 §4.14, RFC 7009).
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { Config } from '../config.js'
-import { OAuthError } from '../errors.js'
-import { type AccessClaims, deniedGeneration, deniedSession, deniedToken } from '../plugins/auth.js'
+import { InvalidTokenError, OAuthError, ReuseDetectedError } from '../errors.js'
+import type { AccessClaims, TokenService } from '../security/tokens.js'
 import type { DenyList, SessionStore } from '../store/sessions.js'
 import type { UserRecord, UserStore } from '../store/users.js'
 import { allowedScopes, type Scope } from './scopes.js'
@@ -16,20 +16,15 @@ export interface IssuedTokens {
   claims: AccessClaims
 }
 
-type IssueAccessToken = (user: UserRecord, scope: string, sid: string) => { accessToken: string; claims: AccessClaims }
-
 /** Refresh tokens are opaque: a prefix (so scanners and humans can tell them apart) and 256 random bits. */
 const REFRESH_PREFIX = 'rt_'
 const hashToken = (token: string) => createHash('sha256').update(token).digest('base64url')
 
-export class ReuseDetectedError extends OAuthError {
-  constructor(
-    readonly familyId: string,
-    readonly userId: string,
-  ) {
-    super('invalid_grant', 'Invalid refresh token')
-  }
-}
+/** Denylist keys: an access token by its jti, a session by its family id. */
+const deniedToken = (jti: string) => `j:${jti}`
+const deniedSession = (sid: string) => `s:${sid}`
+/** Every token of one generation of a user (after a password change, disable or deletion). */
+const deniedGeneration = (sub: string, ver: number) => `u:${sub}:${ver}`
 
 export class SessionService {
   constructor(
@@ -37,8 +32,37 @@ export class SessionService {
     private readonly users: UserStore,
     private readonly denylist: DenyList,
     private readonly jwt: Config['jwt'],
-    private readonly issueAccessToken: IssueAccessToken,
+    private readonly tokens: TokenService,
   ) {}
+
+  /**
+   * The user a verified access token speaks for, if the token is still good: not revoked (by its
+   * jti, its session or its user's generation), and its user exists, is enabled and has the
+   * generation the token carries. Throws InvalidTokenError otherwise. Revocation is checked before
+   * the user lookup and fails closed while the denylist may be stale: a list kept in PostgreSQL
+   * answers with the database's 503, one kept in Redis with InvalidTokenError (docs/security.md,
+   * "Denylist failure modes"). The generation entry makes a change made on another instance count
+   * here at once, whatever this instance's user cache still holds.
+   */
+  async authorize(claims: AccessClaims): Promise<UserRecord> {
+    const denylist = this.denylist
+    if (!denylist.healthy()) throw denylist.unavailableError?.() ?? new InvalidTokenError()
+    if (
+      denylist.has(deniedToken(claims.jti)) ||
+      denylist.has(deniedSession(claims.sid)) ||
+      denylist.has(deniedGeneration(claims.sub, claims.ver))
+    ) {
+      throw new InvalidTokenError()
+    }
+    const record = await this.users.findById(claims.sub)
+    if (!record || record.disabled || record.tokenVersion !== claims.ver) throw new InvalidTokenError()
+    return record
+  }
+
+  #issueAccessToken(user: UserRecord, scope: string, sid: string): { accessToken: string; claims: AccessClaims } {
+    const { token, claims } = this.tokens.sign('access', { sub: user.id, scope, sid, ver: user.tokenVersion })
+    return { accessToken: token, claims }
+  }
 
   /** A new session for a user who just proved their password. */
   async start(user: UserRecord, scope: string): Promise<IssuedTokens> {
@@ -58,7 +82,7 @@ export class SessionService {
         expiresAt: this.#refreshExpiry(now, now + this.jwt.refreshAbsoluteTtlSeconds * 1000),
       },
     )
-    const { accessToken, claims } = this.issueAccessToken(user, scope, familyId)
+    const { accessToken, claims } = this.#issueAccessToken(user, scope, familyId)
     return { accessToken, refreshToken, expiresIn: this.jwt.accessTokenTtlSeconds, scope, claims }
   }
 
@@ -107,7 +131,7 @@ export class SessionService {
       throw new ReuseDetectedError(family.id, family.userId)
     }
     const scope = scopes.join(' ')
-    const { accessToken, claims } = this.issueAccessToken(user, scope, family.id)
+    const { accessToken, claims } = this.#issueAccessToken(user, scope, family.id)
     return { accessToken, refreshToken: next, expiresIn: this.jwt.accessTokenTtlSeconds, scope, claims }
   }
 
@@ -132,7 +156,7 @@ export class SessionService {
    * RFC 7009: revoke whatever this token is (a refresh token → its family; an access token of
    * ours → it and its session). Unknown or invalid tokens are not an error.
    */
-  async revoke(token: string, hint: string | undefined, verifyAccess: (t: string) => AccessClaims): Promise<void> {
+  async revoke(token: string, hint: string | undefined): Promise<void> {
     const asRefresh = async () => {
       if (!token.startsWith(REFRESH_PREFIX)) return false
       const found = await this.sessions.findToken(hashToken(token))
@@ -142,7 +166,7 @@ export class SessionService {
     const asAccess = async () => {
       let claims: AccessClaims
       try {
-        claims = verifyAccess(token)
+        claims = this.tokens.verify('access', token)
       } catch {
         return false
       }

@@ -4,7 +4,7 @@
 // before the password is checked so that concurrent attempts cannot slip past the limit.
 // (@fastify/rate-limit still caps raw request rates on /token and /register; see routes/auth.ts.)
 import type { Config } from '../config.js'
-import { ApiError } from '../errors.js'
+import { TooManyAttemptsError } from '../errors.js'
 import type { CounterStore } from '../store/counters.js'
 import { normaliseUsername } from '../store/users.js'
 
@@ -14,16 +14,6 @@ export interface Attempt {
   readonly ipKey: string
   /** This attempt's position in the run of consecutive failures (1 = first). */
   readonly failureNumber: number
-}
-
-export class TooManyAttemptsError extends ApiError {
-  constructor(
-    retryAfterSeconds: number,
-    readonly reason: 'account' | 'address',
-  ) {
-    super(429, 'Too many failed login attempts; try again later', { 'retry-after': String(retryAfterSeconds) })
-    this.name = 'TooManyAttemptsError'
-  }
 }
 
 // How long a run of failures is remembered without a success; longer than any lock.

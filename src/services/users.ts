@@ -1,8 +1,15 @@
-// The rules for accounts: registration, password checks (login, password change, deletion),
-// the admin operations, and the public views of a user.
+// The rules for accounts: registration, the password policy for new passwords, password checks
+// (login, password change, deletion) and the admin operations.
 import { randomUUID } from 'node:crypto'
-import { ApiError, invalidGrant, UsernameTakenError } from '../errors.js'
-import { USERNAME_PATTERN, type UserAdminView, type UserPublic } from '../schemas.js'
+import {
+  AdminSetupError,
+  invalidGrant,
+  NotFoundError,
+  PasswordIncorrectError,
+  UsernameTakenError,
+  ValidationError,
+} from '../errors.js'
+import { USERNAME_PATTERN } from '../schemas.js'
 import { BCRYPT_MAX_BYTES, type PasswordHasher, utf8Length } from '../security/password.js'
 import { passwordProblems } from '../security/policy.js'
 import type { ListQuery, Role, UserRecord, UserStore } from '../store/users.js'
@@ -14,16 +21,8 @@ export interface Registration {
   email: string | null
   password: string
   roles?: readonly Role[]
-}
-
-export interface LoginResult {
-  user: UserRecord
-}
-
-export class NotFoundError extends ApiError {
-  constructor(what = 'User') {
-    super(404, `${what} not found`)
-  }
+  /** The body field the password came in, named by policy errors (default `password`). */
+  passwordField?: string
 }
 
 export class UserService {
@@ -37,8 +36,18 @@ export class UserService {
     private readonly onLockout: (username: string, ip: string) => void = () => {},
   ) {}
 
-  /** Creates the account; throws UsernameTakenError (409) if the name is taken in any case. */
-  async register({ username, email, password, roles = ['user'] }: Registration): Promise<UserRecord> {
+  /**
+   * Creates the account. Throws ValidationError (422) when the password breaks the policy, then
+   * UsernameTakenError (409) if the name is taken in any case.
+   */
+  async register({
+    username,
+    email,
+    password,
+    roles = ['user'],
+    passwordField = 'password',
+  }: Registration): Promise<UserRecord> {
+    this.#checkNewPassword(password, username, passwordField)
     // Cheap early answer before paying for bcrypt; the store re-checks atomically on insert.
     if (await this.store.findByUsername(username)) throw new UsernameTakenError()
     const passwordHash = await this.hasher.hash(password)
@@ -92,23 +101,23 @@ export class UserService {
     }
     if (!ok) {
       if (await this.throttle.failed(attempt)) this.onLockout(user.username, ip)
-      throw new ApiError(400, 'Password is incorrect')
+      throw new PasswordIncorrectError()
     }
     await this.throttle.succeeded(attempt)
   }
 
-  /** Every refresh token and access token issued before the change stops working. */
+  /**
+   * Every refresh token and access token issued before the change stops working. The new password
+   * is checked against the policy first (ValidationError on `new_password`), then the current one
+   * (PasswordIncorrectError).
+   */
   async changePassword(user: UserRecord, current: string, next: string, ip: string): Promise<void> {
+    this.#checkNewPassword(next, user.username, 'new_password')
     await this.confirmPassword(user, current, ip)
     const passwordHash = await this.hasher.hash(next)
     const updated = await this.store.update(user.id, { passwordHash, bumpTokenVersion: true })
     if (!updated) throw new NotFoundError()
     await this.sessions.endAllSessions(user.id, updated.tokenVersion - 1)
-  }
-
-  /** Problems with `password` as a new password for `username` (the registration rules). */
-  newPasswordProblems(password: string, username: string): string[] {
-    return passwordProblems(password, username, this.passwordMinLength)
   }
 
   async deleteSelf(user: UserRecord, password: string, ip: string): Promise<void> {
@@ -152,15 +161,27 @@ export class UserService {
       // Only an account that already has this password is promoted: otherwise whoever registered
       // the name first would become admin.
       if (!(await this.#verify(password, existing.passwordHash)))
-        throw new Error('ADMIN_USERNAME: the account exists with another password; it was not promoted')
+        throw new AdminSetupError('ADMIN_USERNAME: the account exists with another password; it was not promoted')
       const roles = existing.roles.includes('admin') ? existing.roles : [...existing.roles, 'admin' as const]
       const user = await this.store.update(existing.id, { roles, disabled: false })
       return { user: user as UserRecord, created: false }
     }
-    const problems = passwordProblems(password, username, this.passwordMinLength)
-    if (!USERNAME_PATTERN.test(username)) problems.unshift('the username does not follow the username rules')
-    if (problems.length > 0) throw new Error(`ADMIN_PASSWORD: ${problems.join('; ')}`)
+    if (!USERNAME_PATTERN.test(username))
+      throw new AdminSetupError('ADMIN_USERNAME: does not follow the username rules')
+    const problems = this.#policyProblems(password, username)
+    if (problems.length > 0) throw new AdminSetupError(`ADMIN_PASSWORD: ${problems.join('; ')}`)
     return { user: await this.register({ username, email: null, password, roles: ['user', 'admin'] }), created: true }
+  }
+
+  /** The password policy, the one place it is applied: every new password (registration, change, boot admin). */
+  #policyProblems(password: string, username: string): string[] {
+    return passwordProblems(password, username, this.passwordMinLength)
+  }
+
+  /** ValidationError (422) on `field` listing every policy problem of a new password. */
+  #checkNewPassword(password: string, username: string, field: string): void {
+    const problems = this.#policyProblems(password, username)
+    if (problems.length > 0) throw new ValidationError(problems.map((message) => ({ field, message })))
   }
 
   /** bcrypt would truncate a longer password and let a 73-byte variant of a 72-byte one in. */
@@ -168,17 +189,4 @@ export class UserService {
     const usable = utf8Length(password) <= BCRYPT_MAX_BYTES && !password.includes('\0')
     return this.hasher.verify(usable ? password : '', usable ? hash : undefined)
   }
-}
-
-export function toPublic(user: UserRecord): UserPublic {
-  return {
-    id: user.id,
-    username: user.username,
-    email: user.email,
-    created_at: user.createdAt.toISOString(),
-  }
-}
-
-export function toAdminView(user: UserRecord): UserAdminView {
-  return { ...toPublic(user), roles: [...user.roles], disabled: user.disabled }
 }

@@ -54,10 +54,6 @@ export class CachedUserStore implements UserStore {
     return this.inner.list(query)
   }
 
-  count(): Promise<number> {
-    return this.inner.count()
-  }
-
   close(): Promise<void> {
     return this.inner.close()
   }

@@ -288,11 +288,6 @@ export class PostgresUserStore implements UserStore {
     return { items: page.rows.map(toUser), total: count.rows[0]?.total ?? 0 }
   }
 
-  async count(): Promise<number> {
-    const { rows } = await query<{ n: number }>(this.#pool, 'SELECT count(*)::int AS n FROM users')
-    return rows[0]?.n ?? 0
-  }
-
   /** Readiness: resolves when the database answers, else StoreUnavailableError. */
   ping(): Promise<void> {
     return ping(this.#pool)

@@ -2,7 +2,6 @@
 // instance. Redis that cannot be reached fails fast: counters throw StoreUnavailableError('redis')
 // (the caller falls back to local counters), the denylist reports healthy() === false (callers
 // fail closed). Nothing waits in an offline queue.
-import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { StoreUnavailableError } from '../errors.js'
 import type { CounterStore, CounterValue } from './counters.js'
@@ -84,27 +83,11 @@ async function closeClient(redis: Redis): Promise<void> {
   await redis.quit().catch(() => redis.disconnect())
 }
 
-/** A Lua script run by EVALSHA, loaded with EVAL the first time a server does not know it. */
-class Script {
-  readonly #sha: string
-
-  constructor(readonly source: string) {
-    this.#sha = createHash('sha1').update(source).digest('hex')
-  }
-
-  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
-    try {
-      return await redis.evalsha(this.#sha, keys.length, ...keys, ...args)
-    } catch (err) {
-      if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err
-      return redis.eval(this.source, keys.length, ...keys, ...args)
-    }
-  }
-}
-
 // Only a counter without an expiry gets one: a new key (INCRBY created it), so the window is fixed
-// from the first increment, as in MemoryCounterStore. Scripts run atomically.
-const INCR = new Script(`
+// from the first increment, as in MemoryCounterStore. Scripts run atomically. ioredis's
+// defineCommand runs each by EVALSHA and loads it with EVAL when a server does not know it yet.
+const COUNTER_COMMANDS = {
+  authCounterIncr: `
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
@@ -112,13 +95,27 @@ if ttl < 0 then
   ttl = tonumber(ARGV[2])
 end
 return {value, ttl}
-`)
-
-const GET = new Script(`
+`,
+  authCounterGet: `
 local value = redis.call('GET', KEYS[1])
 if not value then return nil end
 return {tonumber(value), redis.call('PTTL', KEYS[1])}
-`)
+`,
+}
+
+/** The client with our counter scripts defined on it (once per client; a shared client is fine). */
+interface CounterClient extends Redis {
+  /** → [value, ttl in ms]. */
+  authCounterIncr(key: string, delta: number, ttlMs: number): Promise<[number, number]>
+  /** → [value, ttl in ms], or null when the counter does not exist. */
+  authCounterGet(key: string): Promise<[number, number] | null>
+}
+
+function withCounterCommands(redis: Redis): CounterClient {
+  for (const [name, lua] of Object.entries(COUNTER_COMMANDS))
+    if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua })
+  return redis as CounterClient
+}
 
 export interface RedisStoreOptions {
   /** Prepended to every key and channel (default 'auth:'); tests use a random one. */
@@ -126,30 +123,29 @@ export interface RedisStoreOptions {
 }
 
 export class RedisCounterStore implements CounterStore {
-  readonly #redis: Redis
+  readonly #redis: CounterClient
   readonly #ownsClient: boolean
   readonly #prefix: string
 
   /** A client (shared; the caller closes it) or a URL (a client of its own, closed by close()). */
   constructor(redis: Redis | string, options: RedisStoreOptions = {}) {
     const { redis: client, owned } = openClient(redis)
-    this.#redis = client
+    this.#redis = withCounterCommands(client)
     this.#ownsClient = owned
     this.#prefix = `${options.prefix ?? DEFAULT_REDIS_PREFIX}counter:`
   }
 
   async incr(key: string, delta: number, ttlMs: number): Promise<CounterValue> {
-    const reply = await attempt(() =>
-      INCR.run(this.#redis, [this.#prefix + key], [delta, Math.max(1, Math.ceil(ttlMs))]),
+    const [value, ttl] = await attempt(() =>
+      this.#redis.authCounterIncr(this.#prefix + key, delta, Math.max(1, Math.ceil(ttlMs))),
     )
-    const [value, ttl] = reply as [number, number]
     return { value, ttlMs: ttl }
   }
 
   async get(key: string): Promise<CounterValue | undefined> {
-    const reply = await attempt(() => GET.run(this.#redis, [this.#prefix + key], []))
+    const reply = await attempt(() => this.#redis.authCounterGet(this.#prefix + key))
     if (reply === null) return undefined
-    const [value, ttl] = reply as [number, number]
+    const [value, ttl] = reply
     return { value, ttlMs: ttl }
   }
 

@@ -55,7 +55,8 @@ export interface DenyList {
   healthy(): boolean
   /**
    * What callers throw while healthy() is false, when that outage deserves another answer than
-   * their 401: a list kept in PostgreSQL is down with the database, so 503 (issue 5, "Faults").
+   * their 401: a list kept in PostgreSQL is down with the database, so 503, as every other request
+   * that needs the database answers then (README, "Faults").
    */
   unavailableError?(): Error
   close(): Promise<void>

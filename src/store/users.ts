@@ -51,7 +51,6 @@ export interface UserStore {
   delete(id: string): Promise<boolean>
   /** Ordered by normalised username. */
   list(query: ListQuery): Promise<{ items: UserRecord[]; total: number }>
-  count(): Promise<number>
   close(): Promise<void>
 }
 
@@ -216,10 +215,6 @@ export class MemoryUserStore implements UserStore {
       .slice(query.offset, query.offset + query.limit)
       .map((n) => toRecord(this.#byName.get(n) as PackedUser))
     return { items, total: names.length }
-  }
-
-  async count(): Promise<number> {
-    return this.#byId.size
   }
 
   async close(): Promise<void> {}

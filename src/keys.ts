@@ -3,6 +3,7 @@
 // header never chooses key material (jwk/jku/x5u are ignored; kid only selects among ours).
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { KeyConfigError } from './errors.js'
 
 export type JwtAlgorithm = 'HS256' | 'EdDSA' | 'ES256' | 'RS256'
 
@@ -35,8 +36,6 @@ export interface KeyRing {
   /** True when the current asymmetric key pair was generated for this process (development). */
   readonly ephemeral: boolean
 }
-
-export class KeyConfigError extends Error {}
 
 /** Builds the HS256 key for a secret. The kid is a truncated hash: it reveals nothing usable. */
 export function hmacKey(secret: string): SigningKey {

@@ -1,0 +1,17 @@
+// What a client sees of a user: the public view (the tutorial's fields) and the admin view. Built
+// at the HTTP edge from the stored record; the response schemas then drop anything undeclared.
+import type { UserAdminView, UserPublic } from '../schemas.js'
+import type { UserRecord } from '../store/users.js'
+
+export function toPublic(user: UserRecord): UserPublic {
+  return {
+    id: user.id,
+    username: user.username,
+    email: user.email,
+    created_at: user.createdAt.toISOString(),
+  }
+}
+
+export function toAdminView(user: UserRecord): UserAdminView {
+  return { ...toPublic(user), roles: [...user.roles], disabled: user.disabled }
+}
