@@ -1,3 +1,4 @@
+// @ts-check
 // The floor: a bare Fastify app answering GET /users/me with the same JSON shape as the real
 // server ({id, username, email, created_at}), with no authentication, no plugins, no response
 // schema and the logger off. What the real route costs beyond this is what the server adds: token

@@ -13,10 +13,11 @@ const n = Number(process.argv[2])
 const hash = process.env.BENCH_HASH
 if (!Number.isSafeInteger(n) || n <= 0) throw new Error('usage: node --expose-gc bench/memory.mjs N')
 if (!hash) throw new Error('BENCH_HASH (one bcrypt hash) is required')
-if (typeof globalThis.gc !== 'function') throw new Error('run with --expose-gc')
+const gc = globalThis.gc
+if (typeof gc !== 'function') throw new Error('run with --expose-gc')
 
-function settle() {
-  for (let i = 0; i < 4; i++) globalThis.gc()
+const settle = () => {
+  for (let i = 0; i < 4; i++) gc()
   return process.memoryUsage()
 }
 

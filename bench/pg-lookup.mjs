@@ -1,3 +1,4 @@
+// @ts-check
 // Case 9 (the cost of the user lookup), run as its own process: `node bench/pg-lookup.mjs` with
 // BENCH_PG_URL (the bench's schema on its search_path, and an application_name of its own) and
 // BENCH_HASH (one bcrypt hash, stored in every record). Imports the built stores (dist/).
@@ -15,11 +16,18 @@
 // Prints one JSON line (with backendCpuSecondsTotal: all the CPU its backends used, for the
 // parent's noise figure).
 import { randomBytes, randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
-import { CachedUserStore } from '../dist/store/cache.js'
-import { migrate } from '../dist/store/migrate.js'
-import { createPgPool, PostgresUserStore } from '../dist/store/postgres.js'
-import { MemoryUserStore } from '../dist/store/users.js'
+import { cpuSeconds } from './lib/cpu.mjs'
+import { percentile } from './lib/stats.mjs'
+
+// Imported from the build, typed from their source.
+/** @param {string} file  under dist/ */
+const fromDist = (file) => import(new URL(`../dist/${file}`, import.meta.url).href)
+const { CachedUserStore } = /** @type {typeof import('../src/store/cache.js')} */ (await fromDist('store/cache.js'))
+const { migrate } = /** @type {typeof import('../src/store/migrate.js')} */ (await fromDist('store/migrate.js'))
+const { createPgPool, PostgresUserStore } = /** @type {typeof import('../src/store/postgres.js')} */ (
+  await fromDist('store/postgres.js')
+)
+const { MemoryUserStore } = /** @type {typeof import('../src/store/users.js')} */ (await fromDist('store/users.js'))
 
 const url = process.env.BENCH_PG_URL
 const hash = process.env.BENCH_HASH
@@ -36,21 +44,6 @@ if (!Number.isSafeInteger(concurrency) || concurrency <= 0)
 /** Memory lookups (and cache hits) are far below the clock's resolution: timed in batches. */
 const BATCH = 1000
 
-function cpuSecondsOf(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / 100
-  } catch {
-    return null
-  }
-}
-
-function percentile(sorted, q) {
-  if (sorted.length === 0) return null
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]
-}
-
 // The server's pool (createPgPool's defaults: at most 10 connections), named so that its backends
 // can be found in pg_stat_activity. The URL's own application_name wins over createPgPool's.
 const pool = createPgPool(url)
@@ -62,23 +55,27 @@ async function backendCpu() {
   const { rows } = await pool.query('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [appName])
   const cpu = new Map()
   for (const { pid } of rows) {
-    const seconds = cpuSecondsOf(pid)
+    const seconds = cpuSeconds(pid)
     if (seconds === null) return null
     cpu.set(pid, seconds)
   }
   return cpu
 }
 
+/** @type {string[]} */
 const ids = []
-const pick = () => ids[Math.floor(Math.random() * ids.length)]
+const pick = () => /** @type {string} */ (ids[Math.floor(Math.random() * ids.length)])
 
 /**
  * Runs `lanes` loops of `await lookup(id)` for the phase's duration, each loop timing batches of
  * `batch` lookups. Returns per-lookup µs (median, p99 of the batches' means), lookups per second,
  * and this process's and the backends' CPU µs per lookup.
+ * @param {(id: string) => Promise<unknown>} lookup
  */
 async function phase(lookup, { lanes = 1, batch = 1, measureBackends = false } = {}) {
+  /** @param {number} ms */
   const run = async (ms) => {
+    /** @type {number[]} */
     const samples = []
     let count = 0
     const deadline = performance.now() + ms
@@ -128,12 +125,14 @@ async function phase(lookup, { lanes = 1, batch = 1, measureBackends = false } =
   }
 }
 
+/** @type {Record<string, unknown>} */
 const result = { users: userCount, seconds, concurrency, poolMax: pool.options.max }
 try {
   result.migrationsApplied = await migrate(pool)
   const pgUsers = new PostgresUserStore(pool)
   const memory = new MemoryUserStore()
   const tag = randomBytes(4).toString('hex')
+  /** @type {import('../src/store/users.js').Role[]} */
   const roles = ['user']
   const all = Array.from({ length: userCount }, (_, i) => ({
     id: randomUUID(),

@@ -1,3 +1,4 @@
+// @ts-check
 // Case 4's login side, run in a worker thread so that its clock is not held up by autocannon's
 // event loop in the main thread: an open-loop load generator that offers POST /token at a fixed
 // rate (requests go out on schedule whether or not earlier ones were answered) and records the
@@ -5,17 +6,24 @@
 import http from 'node:http'
 import { parentPort, workerData } from 'node:worker_threads'
 
+if (!parentPort) throw new Error('bench/storm.mjs runs in a worker thread (started by bench/cases/login-storm.mjs)')
+/** @type {{ host: string, port: number, rate: number, durationMs: number, bodies: string[], timeoutMs?: number }} */
 const { host, port, rate, durationMs, bodies, timeoutMs = 30_000 } = workerData
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 })
-// [status (0 = error), latencyMs, 1 when a 503 carries Retry-After and a JSON `detail` (else 0)]
+/**
+ * [status (0 = error), latencyMs, 1 when a 503 carries Retry-After and a JSON `detail` (else 0)]
+ * @type {[number, number, number][]}
+ */
 const records = []
 let inFlight = 0
 let sent = 0
 
+/** @param {string} body */
 function fire(body) {
   inFlight++
   sent++
   const started = performance.now()
+  /** @param {number} status */
   const done = (status, wellFormed = 0) => {
     records.push([status, performance.now() - started, wellFormed])
     inFlight--
@@ -45,6 +53,10 @@ function fire(body) {
   req.end(body)
 }
 
+/**
+ * @param {import('node:http').IncomingHttpHeaders} headers
+ * @param {string} text
+ */
 function wellFormed503(headers, text) {
   if (!/^\d+$/.test(headers['retry-after'] ?? '')) return false
   try {
@@ -57,17 +69,19 @@ function wellFormed503(headers, text) {
 const interval = 1000 / rate
 const start = performance.now()
 const total = Math.floor((durationMs / 1000) * rate)
-await new Promise((resolve) => {
+/** Resolves when the last request has been sent (not answered). @type {Promise<void>} */
+const allSent = new Promise((resolve) => {
   const tick = () => {
     // Send every request whose scheduled time has come (catches up after a late timer).
     const due = Math.min(total, Math.floor((performance.now() - start) / interval) + 1)
-    while (sent < due) fire(bodies[sent % bodies.length])
+    while (sent < due) fire(/** @type {string} */ (bodies[sent % bodies.length]))
     if (sent >= total) return resolve()
     const next = start + sent * interval
     setTimeout(tick, Math.max(0, next - performance.now()))
   }
   tick()
 })
+await allSent
 const offeredFor = performance.now() - start
 while (inFlight > 0) await new Promise((r) => setTimeout(r, 10))
 agent.destroy()

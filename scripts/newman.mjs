@@ -9,53 +9,41 @@
 // the requests that need the admin scope. Exits non-zero when the server does not start or stop
 // cleanly, or when any request, script or assertion fails. The server's output is kept and printed
 // only when something fails.
-import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { constants } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import newman from 'newman'
+import { captureOutput, freePort, HOST, hasExited, killAll, sleep, spawnNode, waitExit } from '../bench/lib/process.mjs'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const COLLECTION = fileURLToPath(new URL('../postman/auth-api.postman_collection.json', import.meta.url))
 const ENVIRONMENT = fileURLToPath(new URL('../postman/local.postman_environment.json', import.meta.url))
 const SERVER = fileURLToPath(new URL('../dist/server.js', import.meta.url))
-const HOST = '127.0.0.1'
 const START_TIMEOUT_MS = 10_000
 const STOP_TIMEOUT_MS = 10_000
 const LOG_LINES_KEPT = 200
 
-/** @type {import('node:child_process').ChildProcess | undefined} */
+/**
+ * @typedef {import('../bench/lib/process.mjs').Child} Child
+ * @typedef {{ username: string, password: string }} Admin
+ */
+
+/** The server this script started, if any. @type {Child | undefined} */
 let server
-const serverOutput = []
+/** Its last LOG_LINES_KEPT lines of output. @type {import('../bench/lib/process.mjs').Output | undefined} */
+let serverOutput
 
+/** @param {string} message */
 const log = (message) => process.stderr.write(`[newman] ${message}\n`)
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const running = (child) => child !== undefined && child.exitCode === null && child.signalCode === null
-
-/** A port the OS reports free on HOST right now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = createServer()
-    probe.unref()
-    probe.on('error', reject)
-    probe.listen(0, HOST, () => {
-      const { port } = probe.address()
-      probe.close(() => resolve(port))
-    })
-  })
-}
-
-function keepOutput(chunk) {
-  for (const line of chunk.toString('utf8').split('\n')) if (line) serverOutput.push(line)
-  if (serverOutput.length > LOG_LINES_KEPT) serverOutput.splice(0, serverOutput.length - LOG_LINES_KEPT)
-}
+/** @param {Child | undefined} child */
+const running = (child) => child !== undefined && !hasExited(child)
 
 function printServerOutput() {
-  if (serverOutput.length === 0) return
-  log(`server output (last ${serverOutput.length} lines):`)
-  process.stderr.write(`${serverOutput.join('\n')}\n`)
+  const lines = serverOutput?.tail ?? []
+  if (lines.length === 0) return
+  log(`server output (last ${lines.length} lines):`)
+  process.stderr.write(`${lines.join('\n')}\n`)
 }
 
 /** The admin account the started server creates at boot; fresh for every run, never a default. */
@@ -76,7 +64,9 @@ function adminFromEnv() {
 /** True when the environment file fills in both adminUsername and adminPassword. */
 function environmentHasAdmin() {
   try {
+    /** @type {{ values: { key: string, value?: string, enabled?: boolean }[] }} */
     const { values } = JSON.parse(readFileSync(ENVIRONMENT, 'utf8'))
+    /** @param {string} key */
     const filled = (key) => values.some((v) => v.key === key && v.enabled !== false && v.value)
     return filled('adminUsername') && filled('adminPassword')
   } catch {
@@ -84,9 +74,14 @@ function environmentHasAdmin() {
   }
 }
 
+/**
+ * Starts dist/server.js on `port`, its output kept in serverOutput.
+ * @param {number} port
+ * @param {Admin} admin
+ */
 function startServer(port, admin) {
   if (!existsSync(SERVER)) throw new Error('dist/server.js not found: run `npm run build` first')
-  const child = spawn(process.execPath, [SERVER], {
+  const child = spawnNode([SERVER], {
     cwd: ROOT,
     env: {
       ...process.env,
@@ -100,15 +95,18 @@ function startServer(port, admin) {
       ADMIN_USERNAME: admin.username,
       ADMIN_PASSWORD: admin.password,
     },
-    stdio: ['ignore', 'pipe', 'pipe'],
   })
-  child.stdout.on('data', keepOutput)
-  child.stderr.on('data', keepOutput)
-  child.on('error', (err) => keepOutput(`spawn error: ${err.message}`))
+  const output = captureOutput(child, { keep: LOG_LINES_KEPT, maxLineLength: Number.POSITIVE_INFINITY })
+  child.on('error', (err) => output.add(`spawn error: ${err.message}`))
+  serverOutput = output
   return child
 }
 
-/** Polls GET /healthz until it answers 200; fails after START_TIMEOUT_MS or as soon as the child exits. */
+/**
+ * Polls GET /healthz until it answers 200; fails after START_TIMEOUT_MS or as soon as the child exits.
+ * @param {string} baseUrl
+ * @param {Child | undefined} child  the server this script started, if any
+ */
 async function waitForHealthy(baseUrl, child) {
   const deadline = Date.now() + START_TIMEOUT_MS
   let last = 'no answer'
@@ -122,38 +120,38 @@ async function waitForHealthy(baseUrl, child) {
       if (res.status === 200) return
       last = `status ${res.status}`
     } catch (err) {
-      last = err.cause?.code ?? err.cause?.message ?? err.message
+      const { cause, message } = /** @type {Error & { cause?: { code?: string, message?: string } }} */ (err)
+      last = cause?.code ?? cause?.message ?? message
     }
     await sleep(100)
   }
   throw new Error(`${baseUrl}/healthz did not answer 200 within ${START_TIMEOUT_MS / 1000} s (last: ${last})`)
 }
 
-/** SIGTERM, then wait for the exit; SIGKILL if it takes too long. Resolves to true on a clean exit 0. */
+/**
+ * SIGTERM, then wait for the exit; SIGKILL if it takes too long. Resolves to true on a clean exit 0.
+ * @param {Child | undefined} child
+ */
 async function stopServer(child) {
   if (child === undefined) return true
   if (!running(child)) return child.exitCode === 0
-  const exited = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
-  let timer
-  const inTime = await Promise.race([
-    exited.then(() => true),
-    new Promise((resolve) => {
-      timer = setTimeout(resolve, STOP_TIMEOUT_MS, false)
-    }),
-  ])
-  clearTimeout(timer)
-  if (!inTime) {
+  if (!(await waitExit(child, STOP_TIMEOUT_MS))) {
     log(`server did not exit within ${STOP_TIMEOUT_MS / 1000} s of SIGTERM: killing it`)
     child.kill('SIGKILL')
-    await exited
+    await waitExit(child)
     return false
   }
   if (child.exitCode !== 0) log(`server exited with code ${child.exitCode} (signal ${child.signalCode}) after SIGTERM`)
   return child.exitCode === 0
 }
 
-/** `admin`, when given, overrides the environment file's adminUsername/adminPassword. */
+/**
+ * `admin`, when given, overrides the environment file's adminUsername/adminPassword.
+ * @param {string} baseUrl
+ * @param {Admin | undefined} admin
+ * @returns {Promise<import('newman').Summary>}
+ */
 function runNewman(baseUrl, admin) {
   const envVar = [{ key: 'baseUrl', value: baseUrl }]
   if (admin) {
@@ -174,7 +172,10 @@ function runNewman(baseUrl, admin) {
   })
 }
 
-/** True when the run had no failure of any kind and ran at least one assertion. */
+/**
+ * True when the run had no failure of any kind and ran at least one assertion.
+ * @param {import('newman').Summary} summary
+ */
 function passed(summary) {
   const { stats, failures, error } = summary.run
   if (error) log(`run error: ${error.message ?? error}`)
@@ -211,7 +212,7 @@ async function main() {
     await waitForHealthy(baseUrl, server)
     ok = passed(await runNewman(baseUrl, admin))
   } catch (err) {
-    log(`error: ${err.message}`)
+    log(`error: ${/** @type {Error} */ (err).message}`)
   } finally {
     const stoppedCleanly = await stopServer(server)
     ok = ok && stoppedCleanly
@@ -222,15 +223,13 @@ async function main() {
 }
 
 // Never leave the server behind: on Ctrl-C or SIGTERM stop it first; at exit kill it if it still runs.
-for (const signal of ['SIGINT', 'SIGTERM']) {
+for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM'])) {
   process.once(signal, async () => {
     log(`${signal}: stopping`)
     await stopServer(server)
     process.exit(128 + constants.signals[signal])
   })
 }
-process.on('exit', () => {
-  if (running(server)) server.kill('SIGKILL')
-})
+process.on('exit', killAll)
 
 process.exitCode = await main()

@@ -1,7 +1,6 @@
 // buildApp(config, deps): the whole application as a Fastify instance, wired but not listening.
 // This file only wires; each piece it names owns its behaviour.
 import { randomUUID } from 'node:crypto'
-import formbody from '@fastify/formbody'
 import rateLimit from '@fastify/rate-limit'
 import fastJson from 'fast-json-stringify'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
@@ -12,8 +11,9 @@ import { z } from 'zod'
 import type { Config } from './config.js'
 import { auditLogger, childLoggerFactory } from './logging.js'
 import authPlugin from './plugins/auth.js'
+import bodyPlugin from './plugins/body.js'
 import docsPlugin from './plugins/docs.js'
-import errorPlugin, { answerClientError } from './plugins/errors.js'
+import errorPlugin, { answerClientError, answerFrameworkError } from './plugins/errors.js'
 import headersPlugin from './plugins/headers.js'
 import { adminRoutes } from './routes/admin.js'
 import { authRoutes } from './routes/auth.js'
@@ -56,6 +56,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     genReqId: () => randomUUID(),
     childLoggerFactory,
     clientErrorHandler: answerClientError,
+    frameworkErrors: answerFrameworkError,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // Kept at their default 'error' on purpose: a body with a __proto__ or constructor.prototype
@@ -66,8 +67,6 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
-  // Only JSON (built in) and forms (@fastify/formbody) are parsed; text/plain bodies get 415.
-  app.removeContentTypeParser('text/plain')
 
   const opened = await openStores(config, app.log)
   const stores = { ...opened, ...deps.stores }
@@ -88,7 +87,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   await app.register(errorPlugin, { realm: config.realm })
   await app.register(headersPlugin)
-  await app.register(formbody)
+  // The only body parsers, JSON and forms, both UTF-8 only; any other media type gets 415.
+  await app.register(bodyPlugin)
   // Per-route request caps (routes set config.rateLimit); keyed on request.ip, which honours
   // TRUST_PROXY and nothing else, so a forged X-Forwarded-For changes nothing.
   // With Redis the caps count across instances; if Redis fails they are skipped (the failure-based

@@ -49,6 +49,7 @@ const EnvSchema = z.object({
   JWT_CLOCK_SKEW_SECONDS: int(0, 300).default(5),
   REFRESH_TOKEN_EXPIRE_DAYS: int(1, 365).default(14),
   REFRESH_TOKEN_ABSOLUTE_DAYS: int(1, 3650).default(30),
+  REFRESH_REUSE_GRACE_SECONDS: int(0, 300).default(10),
   BCRYPT_ROUNDS: int(4, 15).default(12),
   PASSWORD_MIN_LENGTH: int(1, 64).default(8),
   HASH_CONCURRENCY: int(1, 64).default(Math.max(1, availableParallelism())),
@@ -70,6 +71,7 @@ const EnvSchema = z.object({
   REDIS_URL: text(2048).optional(),
   REDIS_PREFIX: text(64).default('auth:'),
   USER_CACHE_TTL_MS: int(0, 60_000).default(2000),
+  STORE_TIMEOUT_MS: int(100, 60_000).default(2000),
   TRUST_PROXY: text(1024).optional(),
   DOCS_ENABLED: bool().optional(),
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024).default(16 * 1024),
@@ -97,6 +99,12 @@ export interface Config {
     readonly accessTokenTtlSeconds: number
     readonly refreshTokenTtlSeconds: number
     readonly refreshAbsoluteTtlSeconds: number
+    /**
+     * A rotated refresh token presented again within this many seconds of its rotation (a second
+     * tab, a retry after a lost answer) gets one more pair in its session instead of revoking it.
+     * 0: off, every reuse revokes the session.
+     */
+    readonly refreshReuseGraceSeconds: number
     readonly clockSkewSeconds: number
   }
   readonly throttle: {
@@ -131,6 +139,11 @@ export interface Config {
     readonly redisPrefix: string
     /** How long a user record read from PostgreSQL may be reused (0: never). */
     readonly userCacheTtlMs: number
+    /**
+     * How long a request waits for PostgreSQL or Redis (a connection, or one statement or command)
+     * before the store gives up and the request answers 503 with Retry-After; milliseconds.
+     */
+    readonly timeoutMs: number
   }
   /** Fastify's trustProxy: false, or the proxy addresses/CIDRs (never `true`, never a hop count). */
   readonly trustProxy: false | string[]
@@ -221,6 +234,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       accessTokenTtlSeconds: e.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
       refreshTokenTtlSeconds: e.REFRESH_TOKEN_EXPIRE_DAYS * 86_400,
       refreshAbsoluteTtlSeconds: e.REFRESH_TOKEN_ABSOLUTE_DAYS * 86_400,
+      refreshReuseGraceSeconds: e.REFRESH_REUSE_GRACE_SECONDS,
       clockSkewSeconds: e.JWT_CLOCK_SKEW_SECONDS,
     },
     throttle: {
@@ -249,6 +263,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       redisUrl: e.REDIS_URL,
       redisPrefix: e.REDIS_PREFIX,
       userCacheTtlMs: e.USER_CACHE_TTL_MS,
+      timeoutMs: e.STORE_TIMEOUT_MS,
     },
     trustProxy: trustProxy ?? false,
     // Off by default in production: the API inventory is for developers (OWASP API9).

@@ -7,6 +7,7 @@
 /** Every API error code and its HTTP status. A code never changes meaning once released. */
 export const ERROR_STATUS = {
   BAD_REQUEST: 400,
+  BODY_NOT_UTF8: 400,
   OAUTH_ERROR: 400,
   REFRESH_TOKEN_REUSED: 400,
   PASSWORD_INCORRECT: 400,
@@ -17,8 +18,11 @@ export const ERROR_STATUS = {
   ROUTE_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   USERNAME_TAKEN: 409,
+  LAST_ADMIN: 409,
   BODY_TOO_LARGE: 413,
+  URI_TOO_LONG: 414,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  UNSUPPORTED_CHARSET: 415,
   VALIDATION_FAILED: 422,
   LOGIN_THROTTLED: 429,
   RATE_LIMITED: 429,
@@ -72,6 +76,18 @@ export class ApiError extends Error {
 export class BadRequestError extends ApiError {
   constructor(detail = 'Bad Request') {
     super('BAD_REQUEST', detail)
+  }
+}
+
+/**
+ * A body whose bytes are not well-formed UTF-8 (raw, or once a form's %XX escapes are decoded), or
+ * a JSON body whose \u escapes leave an unpaired surrogate (400). Refused, never repaired: a lossy
+ * decode turns different byte strings into the same U+FFFD text, so a password registered with one
+ * would log in with another. `invalid_request` on /token and /revoke.
+ */
+export class BodyNotUtf8Error extends ApiError {
+  constructor(detail = 'Request body is not valid UTF-8') {
+    super('BODY_NOT_UTF8', detail)
   }
 }
 
@@ -156,9 +172,27 @@ export class UsernameTakenError extends ApiError {
   }
 }
 
+/**
+ * An admin change that would leave no enabled account with the admin role (the last admin
+ * demoting, disabling or deleting itself): refused with 409, and nothing is changed. Without it,
+ * the only way back in would be the database or a restart with ADMIN_USERNAME.
+ */
+export class LastAdminError extends ApiError {
+  constructor() {
+    super('LAST_ADMIN', 'At least one enabled administrator must remain: this change would leave none')
+  }
+}
+
 export class BodyTooLargeError extends ApiError {
   constructor() {
     super('BODY_TOO_LARGE', 'Request body too large')
+  }
+}
+
+/** A path segment longer than the router takes (Fastify's maxParamLength): 414. */
+export class UriTooLongError extends ApiError {
+  constructor() {
+    super('URI_TOO_LONG', 'URL too long')
   }
 }
 
@@ -166,6 +200,13 @@ export class UnsupportedMediaTypeError extends ApiError {
   /** `expected`: the one media type the route accepts, named in the detail when known. */
   constructor(expected?: string) {
     super('UNSUPPORTED_MEDIA_TYPE', expected ? `Content-Type must be ${expected}` : 'Unsupported Media Type')
+  }
+}
+
+/** A body declared in a charset other than UTF-8 (`; charset=latin1`): we decode UTF-8 only (415). */
+export class UnsupportedCharsetError extends ApiError {
+  constructor() {
+    super('UNSUPPORTED_CHARSET', 'Content-Type charset must be utf-8')
   }
 }
 

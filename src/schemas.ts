@@ -1,5 +1,8 @@
 // Wire schemas (zod): what each route accepts and returns. Field names follow the tutorial and
 // OAuth2 (snake_case); inside TypeScript everything is camelCase, converted at the handler edge.
+import { domainToASCII, domainToUnicode } from 'node:url'
+// The single validator, not the whole of validator.js (which loads ~100 modules at start).
+import isEmailModule from 'validator/lib/isEmail.js'
 import { z } from 'zod'
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{2,31}$/
@@ -10,23 +13,52 @@ export const Username = z
   .describe('3-32 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit; case-insensitive')
 
 /**
+ * An e-mail address as RFC 5321/5322 and IDNA allow for a mailbox: ASCII or internationalised
+ * domains (Unicode or punycode), quoted or plus-tagged local parts. Checked by validator.js (a
+ * maintained validator, rather than a regex of ours) and by node:url's UTS #46 processing of the
+ * domain, which refuses what validator.js lets through (`xn--zz` is not valid punycode). Stored in
+ * one form: the local part as sent (NFC), the domain lower-cased in its Unicode form, so that
+ * `ivan@EXAMPLE.xn--p1ai` and `ivan@example.рф` are the same address.
+ */
+export const Email = z
+  .string()
+  .max(254, { message: 'must be at most 254 characters', abort: true })
+  .refine(isEmailAddress, 'must be a valid email address')
+  .transform(normaliseEmail)
+  .describe('optional; at most 254 characters; stored with its domain lower-cased (IDN in Unicode form)')
+
+function isEmailAddress(value: string): boolean {
+  if (!isEmailModule.default(value, { allow_utf8_local_part: true, require_tld: true, allow_ip_domain: false }))
+    return false
+  return domainToASCII(value.slice(value.lastIndexOf('@') + 1)) !== ''
+}
+
+/** The address in its one stored form (call on an address isEmailAddress accepted). */
+export function normaliseEmail(value: string): string {
+  const at = value.lastIndexOf('@')
+  return `${value.slice(0, at).normalize('NFC')}@${domainToUnicode(domainToASCII(value.slice(at + 1)))}`
+}
+
+/**
  * POST /register. `hashed_password` is the tutorial's name for the same plaintext field; exactly one
  * of the two must be sent. Unknown fields are stripped (zod's default), never stored. The password
- * policy itself is applied by UserService.register (one home for every new password).
+ * policy comes from UserService.newPasswordProblems (its one home), passed in by the route.
  */
-export function makeRegisterBody(passwordMinLength: number) {
+export function makeRegisterBody(
+  passwordMinLength: number,
+  /** The password policy (UserService.newPasswordProblems), so that one 422 lists every field's problems. */
+  passwordProblems: (password: string, account: { username: string; email?: string | null }) => string[],
+) {
   return z
     .object({
       username: Username,
-      email: z
-        .email('must be a valid email address')
-        .max(254, 'must be at most 254 characters')
-        .nullish()
-        .describe('optional; at most 254 characters'),
+      email: Email.nullish(),
       password: z
         .string()
         .optional()
-        .describe(`at least ${passwordMinLength} characters, at most 72 bytes in UTF-8; not a common password`),
+        .describe(
+          `prepared per RFC 8265 (NFC, non-ASCII spaces → U+0020, no control characters); then at least ${passwordMinLength} characters, at most 72 bytes in UTF-8; not the username, the e-mail address or its local part; not a common password`,
+        ),
       hashed_password: z
         .string()
         .optional()
@@ -41,8 +73,14 @@ export function makeRegisterBody(passwordMinLength: number) {
         })
         return
       }
-      if (body.password === undefined && body.hashed_password === undefined)
+      const password = body.password ?? body.hashed_password
+      if (password === undefined) {
         ctx.addIssue({ code: 'custom', path: ['password'], message: 'is required' })
+        return
+      }
+      const field = body.password !== undefined ? 'password' : 'hashed_password'
+      for (const message of passwordProblems(password, { username: body.username, email: body.email }))
+        ctx.addIssue({ code: 'custom', path: [field], message })
     })
 }
 export type RegisterBody = z.infer<ReturnType<typeof makeRegisterBody>>
@@ -111,7 +149,12 @@ export const TokenForm = z.object({
   grant_type: z.string().optional().describe('`password` (the default when omitted) or `refresh_token`'),
   username: z.string().optional(),
   password: z.string().optional(),
-  scope: z.string().optional().describe('space-separated: `user`, `admin`; default: all your roles allow'),
+  scope: z
+    .string()
+    .optional()
+    .describe(
+      'space-separated: `user`, `admin` (a set: repeats collapse); default: all your roles allow; at most 256 characters',
+    ),
   refresh_token: z.string().optional().describe('for grant_type=refresh_token'),
   client_id: z.string().optional().describe('accepted and ignored'),
   client_secret: z.string().optional().describe('accepted and ignored'),

@@ -22,6 +22,7 @@ import {
   register,
   stableHeaders,
   TEST_PASSWORD,
+  type TokenBody,
   testConfig,
   UUID_PATTERN,
   uniqueUsername,
@@ -150,6 +151,31 @@ describe('admin endpoints: authorization', () => {
 
   it.each(endpoints)('answers %s with a bad token with 401 invalid_token', async (_l, method, url, body) => {
     expectInvalidToken(await authed(app, method, url, 'not.a.token', body))
+  })
+
+  // /users/me is the caller's own account, never an admin route with id "me": a method it does not
+  // have is 405 with its own Allow, whatever token is sent (none, a user's, an admin's).
+  it.each([
+    ['PATCH', undefined],
+    ['PATCH', 'user'],
+    ['PATCH', 'admin'],
+    ['PUT', 'admin'],
+  ] as const)('answers %s /users/me (token: %s) with 405 and the Allow of /users/me', async (method, who) => {
+    const token =
+      who === 'admin'
+        ? adminToken
+        : who === 'user'
+          ? (await login(app, (await registerUser(app)).username)).access_token
+          : undefined
+    const res = await app.inject({
+      method,
+      url: '/users/me',
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      payload: JSON.stringify({ roles: ['user'] }),
+    })
+    expect(res.statusCode).toBe(405)
+    expect(res.json()).toEqual({ detail: 'Method Not Allowed' })
+    expect(res.headers.allow).toBe('DELETE, GET, HEAD')
   })
 })
 
@@ -420,6 +446,193 @@ describe('DELETE /users/:id', () => {
     const res = await remove('0b5e4a3c-2d1f-4e6a-8b7c-9d0e1f2a3b4c')
     expect(res.statusCode).toBe(404)
     expect(res.json()).toEqual({ detail: 'User not found' })
+  })
+})
+
+describe('the last administrator', () => {
+  const LAST_ADMIN = { detail: 'At least one enabled administrator must remain: this change would leave none' }
+
+  /** An app of its own whose only admin is ADMIN_USERNAME, logged in. */
+  async function withOnlyAdmin(): Promise<{ own: FastifyInstance; id: string; tokens: TokenBody }> {
+    const own = await buildTestApp(ADMIN)
+    const tokens = await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)
+    return { own, id: decodeClaims(tokens.access_token).sub as string, tokens }
+  }
+
+  /** Registers a user, makes it an admin through `token`, and logs it in. */
+  async function secondAdmin(own: FastifyInstance, token: string) {
+    const user = await registerUser(own)
+    const promoted = await authed(own, 'PATCH', `/users/${user.id}`, token, { roles: ['user', 'admin'] })
+    expect(promoted.statusCode).toBe(200)
+    const tokens = await login(own, user.username)
+    expect(tokens.scope).toBe('user admin')
+    return { ...user, token: tokens.access_token }
+  }
+
+  /** The enabled admins, as the admin endpoints list them. */
+  async function enabledAdmins(own: FastifyInstance, token: string): Promise<string[]> {
+    const res = await authed(own, 'GET', '/users?limit=100', token)
+    expect(res.statusCode).toBe(200)
+    return res
+      .json()
+      .items.filter((u: { roles: string[]; disabled: boolean }) => u.roles.includes('admin') && !u.disabled)
+      .map((u: { id: string }) => u.id)
+  }
+
+  const refusals: [string, (own: FastifyInstance, id: string, token: string) => Promise<LightMyRequestResponse>][] = [
+    [
+      'removing its own admin role',
+      (own, id, token) => authed(own, 'PATCH', `/users/${id}`, token, { roles: ['user'] }),
+    ],
+    ['disabling itself', (own, id, token) => authed(own, 'PATCH', `/users/${id}`, token, { disabled: true })],
+    [
+      'removing its role and disabling itself at once',
+      (own, id, token) => authed(own, 'PATCH', `/users/${id}`, token, { roles: ['user'], disabled: true }),
+    ],
+    ['deleting itself with DELETE /users/{id}', (own, id, token) => authed(own, 'DELETE', `/users/${id}`, token)],
+    [
+      'deleting itself with DELETE /users/me and its right password',
+      (own, _id, token) => authed(own, 'DELETE', '/users/me', token, { password: ADMIN.ADMIN_PASSWORD }),
+    ],
+  ]
+
+  it.each(refusals)('answers the only admin %s with 409, and changes nothing', async (_label, attempt) => {
+    const { own, id, tokens } = await withOnlyAdmin()
+    try {
+      const before = await authed(own, 'GET', `/users/${id}`, tokens.access_token)
+      expect(before.statusCode).toBe(200)
+
+      const res = await attempt(own, id, tokens.access_token)
+
+      expect(res.statusCode).toBe(409)
+      expect(res.json()).toEqual(LAST_ADMIN)
+      // Nothing changed: the same token still works (no generation bump, no session ended), the
+      // record is as it was, the refresh token still refreshes, and the password still logs in.
+      const after = await authed(own, 'GET', `/users/${id}`, tokens.access_token)
+      expect(after.statusCode).toBe(200)
+      expect(after.json()).toEqual(before.json())
+      expect(after.json()).toMatchObject({ roles: ['user', 'admin'], disabled: false })
+      expect((await getMe(own, `Bearer ${tokens.access_token}`)).statusCode).toBe(200)
+      const refreshed = await refresh(own, tokens.refresh_token)
+      expect(refreshed.statusCode).toBe(200)
+      expect(refreshed.json().scope).toBe('user admin')
+      expect((await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)).scope).toBe('user admin')
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('lets the only admin make changes that keep it an enabled admin', async () => {
+    const { own, id } = await withOnlyAdmin()
+    try {
+      for (const body of [
+        { roles: ['admin', 'user'] },
+        { disabled: false },
+        { roles: ['user', 'admin'], disabled: false },
+      ]) {
+        // A role change ends the access tokens from before it (as for any user): log in each time.
+        const token = (await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)).access_token
+        const res = await authed(own, 'PATCH', `/users/${id}`, token, body)
+        expect(res.statusCode).toBe(200)
+        expect(res.json()).toMatchObject({ id, roles: ['user', 'admin'], disabled: false })
+      }
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('lets one of two admins demote the other (200), and then refuses to demote itself (409)', async () => {
+    const { own, id, tokens } = await withOnlyAdmin()
+    try {
+      const other = await secondAdmin(own, tokens.access_token)
+      const demoted = await authed(own, 'PATCH', `/users/${other.id}`, tokens.access_token, { roles: ['user'] })
+      expect(demoted.statusCode).toBe(200)
+      expect(demoted.json()).toEqual(adminView(other, { roles: ['user'] }))
+
+      const self = await authed(own, 'PATCH', `/users/${id}`, tokens.access_token, { roles: ['user'] })
+      expect(self.statusCode).toBe(409)
+      expect(self.json()).toEqual(LAST_ADMIN)
+      expect(await enabledAdmins(own, tokens.access_token)).toEqual([id])
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('lets an admin delete itself while another admin remains, by either route', async () => {
+    const { own, tokens } = await withOnlyAdmin()
+    try {
+      const second = await secondAdmin(own, tokens.access_token)
+      const third = await secondAdmin(own, tokens.access_token)
+      const byId = await authed(own, 'DELETE', `/users/${second.id}`, second.token)
+      expect(byId.statusCode).toBe(204)
+      const me = await authed(own, 'DELETE', '/users/me', third.token, { password: TEST_PASSWORD })
+      expect(me.statusCode).toBe(204)
+      expect((await enabledAdmins(own, tokens.access_token)).length).toBe(1)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('does not count a disabled admin: the other admin then cannot demote, disable or delete itself', async () => {
+    const { own, id, tokens } = await withOnlyAdmin()
+    try {
+      const other = await secondAdmin(own, tokens.access_token)
+      const disabled = await authed(own, 'PATCH', `/users/${other.id}`, tokens.access_token, { disabled: true })
+      expect(disabled.statusCode).toBe(200)
+      expect(disabled.json()).toEqual(adminView(other, { roles: ['user', 'admin'], disabled: true }))
+
+      for (const [, attempt] of refusals) {
+        const res = await attempt(own, id, tokens.access_token)
+        expect(res.statusCode).toBe(409)
+        expect(res.json()).toEqual(LAST_ADMIN)
+      }
+      // Enabling the other admin again makes the change possible.
+      expect(
+        (await authed(own, 'PATCH', `/users/${other.id}`, tokens.access_token, { disabled: false })).statusCode,
+      ).toBe(200)
+      expect((await authed(own, 'PATCH', `/users/${id}`, tokens.access_token, { roles: ['user'] })).statusCode).toBe(
+        200,
+      )
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('gives exactly one 200 and one 409 when two admins demote each other at the same moment', async () => {
+    const { own, id } = await withOnlyAdmin()
+    try {
+      for (let round = 0; round < 6; round++) {
+        // Each round starts with two admins: chief_admin and a new one.
+        const chief = (await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)).access_token
+        const other = await secondAdmin(own, chief)
+        const demoteOther = () => authed(own, 'PATCH', `/users/${other.id}`, chief, { roles: ['user'] })
+        const demoteChief = () => authed(own, 'PATCH', `/users/${id}`, other.token, { roles: ['user'] })
+
+        // Both requests in flight at once; which one is sent first alternates.
+        const [byChief, byOther] =
+          round % 2 === 0
+            ? await Promise.all([demoteOther(), demoteChief()])
+            : (await Promise.all([demoteChief(), demoteOther()])).reverse()
+
+        const statuses = [byChief?.statusCode, byOther?.statusCode]
+        expect([...statuses].sort()).toEqual([200, 409])
+        expect((byChief?.statusCode === 409 ? byChief : byOther)?.json()).toEqual(LAST_ADMIN)
+        const [survivor, survivorToken] = byChief?.statusCode === 200 ? [id, chief] : [other.id, other.token]
+        expect(await enabledAdmins(own, survivorToken)).toEqual([survivor])
+        if (survivor !== id) {
+          // The new admin won: it gives chief_admin the role back, and chief_admin demotes it.
+          expect(
+            (await authed(own, 'PATCH', `/users/${id}`, other.token, { roles: ['user', 'admin'] })).statusCode,
+          ).toBe(200)
+          const again = (await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)).access_token
+          expect((await authed(own, 'PATCH', `/users/${other.id}`, again, { roles: ['user'] })).statusCode).toBe(200)
+        }
+      }
+      const last = (await login(own, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)).access_token
+      expect(await enabledAdmins(own, last)).toEqual([id])
+    } finally {
+      await own.close()
+    }
   })
 })
 

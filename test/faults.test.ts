@@ -261,6 +261,26 @@ describeWith(['postgres', 'redis'], 'PostgreSQL and Redis going away under a run
   })
 })
 
+/**
+ * An app on PostgreSQL (a schema of its own, no Redis, no user cache) reached through a TCP proxy
+ * that the test can stop or stall; `env` adds settings.
+ */
+async function pgAppBehindProxy(env: Record<string, string>) {
+  const db = await createTestSchema()
+  const pgTarget = new URL(PG_URL)
+  const pgProxy = await startProxy(pgTarget.hostname, Number(pgTarget.port || 5432))
+  const databaseUrl = new URL(db.url)
+  databaseUrl.hostname = '127.0.0.1'
+  databaseUrl.port = String(pgProxy.port)
+  const app = await buildTestApp({
+    STORE: 'postgres',
+    DATABASE_URL: databaseUrl.toString(),
+    USER_CACHE_TTL_MS: '0',
+    ...env,
+  })
+  return { db, pgProxy, app }
+}
+
 describeWith('postgres', 'PostgreSQL going away without Redis (the denylist in PostgreSQL)', () => {
   let db: TestSchema
   let pgProxy: TcpProxy
@@ -268,13 +288,7 @@ describeWith('postgres', 'PostgreSQL going away without Redis (the denylist in P
   let bearer: string
 
   beforeAll(async () => {
-    db = await createTestSchema()
-    const pgTarget = new URL(PG_URL)
-    pgProxy = await startProxy(pgTarget.hostname, Number(pgTarget.port || 5432))
-    const databaseUrl = new URL(db.url)
-    databaseUrl.hostname = '127.0.0.1'
-    databaseUrl.port = String(pgProxy.port)
-    app = await buildTestApp({ STORE: 'postgres', DATABASE_URL: databaseUrl.toString(), USER_CACHE_TTL_MS: '0' })
+    ;({ db, pgProxy, app } = await pgAppBehindProxy({}))
     bearer = `Bearer ${(await registerAndLogin(app)).token}`
   })
 
@@ -306,6 +320,47 @@ describeWith('postgres', 'PostgreSQL going away without Redis (the denylist in P
       (res) => expect(res.statusCode, res.body).toBe(200),
     )
     expect((await readyz(app)).statusCode).toBe(200)
+  })
+})
+
+describeWith('postgres', 'PostgreSQL stalled (packets dropped, no reset)', () => {
+  let db: TestSchema
+  let pgProxy: TcpProxy
+  let app: FastifyInstance
+  let username: string
+  let bearer: string
+
+  beforeAll(async () => {
+    ;({ db, pgProxy, app } = await pgAppBehindProxy({ STORE_TIMEOUT_MS: '500' }))
+    const user = await registerAndLogin(app)
+    username = user.username
+    bearer = `Bearer ${user.token}`
+  })
+
+  afterAll(async () => {
+    pgProxy?.resume()
+    await app?.close()
+    await pgProxy?.stop()
+    await db?.drop()
+  })
+
+  it('answers /token, /register and /users/me 503 with Retry-After within STORE_TIMEOUT_MS, then recovers', async () => {
+    pgProxy.stall()
+    try {
+      const login = await timed(postToken(app, { username, password: TEST_PASSWORD }))
+      expectOAuthPgDown(login.res, login.ms)
+      const reg = await timed(register(app, { username: uniqueUsername('stalled'), password: TEST_PASSWORD }))
+      expectPgDown(reg.res, reg.ms)
+      const me = await timed(getMe(app, bearer))
+      expectPgDown(me.res, me.ms)
+    } finally {
+      pgProxy.resume()
+    }
+    await until(
+      10_000,
+      () => postToken(app, { username, password: TEST_PASSWORD }),
+      (res) => expect(res.statusCode, res.body).toBe(200),
+    )
   })
 })
 

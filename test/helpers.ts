@@ -2,6 +2,7 @@
 // forger for crafting hostile tokens (any header, any payload, any algorithm) signed in the test.
 import { createHmac, randomUUID } from 'node:crypto'
 import { type AddressInfo, connect, createServer } from 'node:net'
+import { Writable } from 'node:stream'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { type AppDeps, buildApp } from '../src/app.js'
 import { type Config, loadConfig } from '../src/config.js'
@@ -313,8 +314,9 @@ export interface RawResponse {
 /**
  * Writes `request` as is (CRLFs included; send `Connection: close`) to a new socket and reads until
  * the server closes it: for what no HTTP client sends (two Authorization headers, Content-Length with Transfer-Encoding).
+ * A Buffer is written byte for byte (bytes that are not UTF-8 in a header or the request line).
  */
-export function rawHttp(port: number, request: string): Promise<RawResponse> {
+export function rawHttp(port: number, request: string | Buffer): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1')
     let data = ''
@@ -342,4 +344,16 @@ export function rawHttp(port: number, request: string): Promise<RawResponse> {
 /** The port of an app started with listen(). */
 export function portOf(base: string): number {
   return Number(new URL(base).port)
+}
+
+/** A Writable that keeps every log line, parsed. */
+export function lineCollector(): { stream: Writable; lines: string[]; records: () => Record<string, unknown>[] } {
+  const lines: string[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, callback) {
+      lines.push(...String(chunk).split('\n').filter(Boolean))
+      callback()
+    },
+  })
+  return { stream, lines, records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>) }
 }

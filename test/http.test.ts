@@ -1,26 +1,13 @@
 // Everything that crosses the wire, over a real socket with fetch: 404/405, security headers, the
 // meta routes, the OpenAPI document and Swagger UI, the generic 500, and the audit log.
-import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../src/app.js'
 import { MemoryUserStore } from '../src/store/users.js'
-import { buildTestApp, listen, readJson, TEST_PASSWORD, testConfig, uniqueUsername } from './helpers.js'
+import { buildTestApp, lineCollector, listen, readJson, TEST_PASSWORD, testConfig, uniqueUsername } from './helpers.js'
 
 const JSON_UTF8 = 'application/json; charset=utf-8'
-
-/** A Writable that keeps every log line, parsed. */
-function lineCollector(): { stream: Writable; lines: string[]; records: () => Record<string, unknown>[] } {
-  const lines: string[] = []
-  const stream = new Writable({
-    write(chunk, _encoding, callback) {
-      lines.push(...String(chunk).split('\n').filter(Boolean))
-      callback()
-    },
-  })
-  return { stream, lines, records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>) }
-}
 
 describe('HTTP basics over a real socket', () => {
   let app: FastifyInstance

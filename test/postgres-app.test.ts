@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
 import {
   buildTestApp,
+  decodeClaims,
   type Env,
   FORM,
   getMe,
@@ -192,8 +193,69 @@ describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
     expect(blocked.json()).toMatchObject({ error: 'invalid_grant' })
   })
 
+  it('keeps one enabled admin when admins on two instances remove their own admin role at the same moment', async () => {
+    // A database of its own: the two admins of each round are its only admins.
+    const own = await createTestSchema()
+    const ownEnv: Env = { STORE: 'postgres', DATABASE_URL: own.url }
+    const first = `first_${randomUUID().slice(0, 8)}`
+    const instances = await Promise.all([
+      buildTestApp({ ...ownEnv, ADMIN_USERNAME: first, ADMIN_PASSWORD }),
+      buildTestApp(ownEnv),
+    ])
+    interface Admin {
+      app: FastifyInstance
+      id: string
+      token: string
+    }
+    const logIn = async (app: FastifyInstance, username: string, password: string): Promise<Admin> => {
+      const res = await postToken(app, { username, password })
+      expect(res.statusCode).toBe(200)
+      expect(res.json<Tokens>().scope).toBe('user admin')
+      const token = res.json<Tokens>().access_token
+      return { app, id: decodeClaims(token).sub as string, token }
+    }
+    const patch = (admin: Admin, id: string, payload: object) =>
+      admin.app.inject({
+        method: 'PATCH',
+        url: `/users/${id}`,
+        headers: { authorization: `Bearer ${admin.token}`, 'content-type': 'application/json' },
+        payload,
+      })
+    try {
+      let survivor = await logIn(instances[0], first, ADMIN_PASSWORD)
+      for (let round = 0; round < 5; round++) {
+        // The admin left by the last round promotes a newcomer, who uses the other instance.
+        const home = instances.find((app) => app !== survivor.app) as FastifyInstance
+        const username = uniqueUsername('race')
+        const reg = await register(home, { username, password: TEST_PASSWORD })
+        expect(reg.statusCode).toBe(201)
+        expect((await patch(survivor, reg.json<PublicUser>().id, { roles: ['user', 'admin'] })).statusCode).toBe(200)
+        const newcomer = await logIn(home, username, TEST_PASSWORD)
+
+        // Each removes its own admin role, on its own instance, at the same moment.
+        const [bySurvivor, byNewcomer] = await Promise.all([
+          patch(survivor, survivor.id, { roles: ['user'] }),
+          patch(newcomer, newcomer.id, { roles: ['user'] }),
+        ])
+
+        expect([bySurvivor.statusCode, byNewcomer.statusCode].sort()).toEqual([200, 409])
+        expect((bySurvivor.statusCode === 409 ? bySurvivor : byNewcomer).json()).toEqual({
+          detail: 'At least one enabled administrator must remain: this change would leave none',
+        })
+        if (bySurvivor.statusCode === 200) survivor = newcomer
+        const { rows } = await own.pool.query(`SELECT id FROM users WHERE 'admin' = ANY(roles) AND NOT disabled`)
+        expect(rows).toEqual([{ id: survivor.id }])
+      }
+    } finally {
+      await Promise.allSettled(instances.map((app) => app.close()))
+      await own.drop()
+    }
+  })
+
   it('rotates refresh tokens and detects reuse on the PostgreSQL session store', async () => {
-    const app = await open()
+    // The reuse below comes at once, which the reuse grace (10 s by default) would answer with a
+    // new pair: this test pins reuse detection itself, so the grace is off here.
+    const app = await open({ REFRESH_REUSE_GRACE_SECONDS: '0' })
     const username = uniqueUsername('refresh')
     expect((await register(app, { username, password: TEST_PASSWORD })).statusCode).toBe(201)
     const login = await postToken(app, { username, password: TEST_PASSWORD })
@@ -232,6 +294,50 @@ describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
     const again = await open()
     const afterRestart = await postToken(again, { grant_type: 'refresh_token', refresh_token: second.refresh_token })
     expect(afterRestart.statusCode).toBe(400)
+  })
+
+  it('answers concurrent refreshes with one token, on two instances, with two pairs of one live session', async () => {
+    // Two instances, so the two refreshes run on two connections and race in the database.
+    const [a, b] = await Promise.all([open(), open()])
+    const username = uniqueUsername('grace')
+    expect((await register(a, { username, password: TEST_PASSWORD })).statusCode).toBe(201)
+    const login = await postToken(a, { username, password: TEST_PASSWORD })
+    expect(login.statusCode).toBe(200)
+    const first = login.json<Tokens>()
+    const sid = decodeClaims(first.access_token).sid
+    const refreshOn = (app: FastifyInstance, refresh_token: string) =>
+      postToken(app, { grant_type: 'refresh_token', refresh_token })
+
+    const results = await Promise.all([refreshOn(a, first.refresh_token), refreshOn(b, first.refresh_token)])
+
+    expect(results.map((r) => r.statusCode)).toEqual([200, 200])
+    const pairs = results.map((r) => r.json<Tokens>())
+    expect(pairs[0]?.refresh_token).not.toBe(pairs[1]?.refresh_token)
+    for (const pair of pairs) {
+      expect(decodeClaims(pair.access_token).sid).toBe(sid)
+      expect((await getMe(a, `Bearer ${pair.access_token}`)).statusCode).toBe(200)
+      expect((await getMe(b, `Bearer ${pair.access_token}`)).statusCode).toBe(200)
+      // Each new refresh token rotates once more, on either instance.
+      const next = await refreshOn(b, pair.refresh_token)
+      expect(next.statusCode).toBe(200)
+      expect(decodeClaims(next.json<Tokens>().access_token).sid).toBe(sid)
+    }
+    expect((await getMe(a, `Bearer ${first.access_token}`)).statusCode).toBe(200)
+    const family = () =>
+      db.pool.query(
+        `SELECT f.revoked, count(t.hash)::int AS tokens, (count(*) FILTER (WHERE t.grace_used))::int AS graced
+         FROM refresh_families f JOIN refresh_tokens t ON t.family_id = f.id WHERE f.id = $1 GROUP BY f.id`,
+        [sid],
+      )
+    // The login's token, the rotation's, the grace re-issue's, and one rotation of each of those two.
+    expect((await family()).rows).toEqual([{ revoked: false, tokens: 5, graced: 1 }])
+
+    // The login's token a third time is a second reuse: the whole session is revoked.
+    const third = await refreshOn(a, first.refresh_token)
+    expect(third.statusCode).toBe(400)
+    expect(third.json()).toMatchObject({ error: 'invalid_grant' })
+    expect((await family()).rows).toEqual([{ revoked: true, tokens: 5, graced: 1 }])
+    expect((await getMe(a, `Bearer ${pairs[0]?.access_token}`)).statusCode).toBe(401)
   })
 
   it('enforces /logout and /revoke through the PostgreSQL denylist, on every instance within 1 s', async () => {

@@ -237,6 +237,17 @@ describe('POST /register: 422 for an invalid body', () => {
     expect(res.json()).toEqual(invalid('email', 'must be at most 254 characters'))
   })
 
+  it("lists every bad field in one 422, the password policy's problems next to the others", async () => {
+    const res = await register(app, { username: '-x', email: 'not-an-email', password: 'short' })
+    expect(res.statusCode).toBe(422)
+    expect(res.json().errors).toEqual([
+      { field: 'username', message: expect.any(String) },
+      { field: 'email', message: 'must be a valid email address' },
+      { field: 'password', message: 'must be at least 8 characters' },
+      { field: 'password', message: 'is too common; choose a less guessable password' },
+    ])
+  })
+
   it('refuses a password shorter than 8 characters', async () => {
     const res = await register(app, { username: uniqueUsername(), password: 'x7#Qz9k' })
     expect(res.statusCode).toBe(422)
@@ -265,10 +276,10 @@ describe('POST /register: 422 for an invalid body', () => {
     expect(res.json()).toEqual(invalid('hashed_password', TOO_LONG_72))
   })
 
-  it('refuses a password containing NUL', async () => {
+  it('refuses a password containing NUL (a control character)', async () => {
     const res = await register(app, { username: uniqueUsername(), password: 'violet\u0000Harbor-58' })
     expect(res.statusCode).toBe(422)
-    expect(res.json()).toEqual(invalid('password', 'must not contain a NUL character'))
+    expect(res.json()).toEqual(invalid('password', 'must not contain control characters'))
   })
 
   it('refuses a password equal to the username, ignoring case', async () => {

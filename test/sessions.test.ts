@@ -1,8 +1,11 @@
 // Sessions: refresh tokens (rotation, reuse detection, lifetimes, scope), POST /revoke (RFC 7009),
 // POST /logout, and the denylist that keeps revoked access tokens out until their exp.
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
-import { MemoryDenyList } from '../src/store/sessions.js'
+import { MemoryDenyList, MemorySessionStore } from '../src/store/sessions.js'
 import {
   authed,
   buildTestApp,
@@ -92,6 +95,17 @@ describe('POST /token: the refresh token in the password grant', () => {
 })
 
 describe('POST /token grant_type=refresh_token: rotation', () => {
+  // The reuse tests below present a spent token again at once, which the reuse grace (10 s by
+  // default) would answer with a new pair: they run on an app with the grace off
+  // (REFRESH_REUSE_GRACE_SECONDS=0), which is the behaviour they pin. The grace has its own tests.
+  let strict: FastifyInstance
+  beforeAll(async () => {
+    strict = await buildTestApp({ REFRESH_REUSE_GRACE_SECONDS: '0' })
+  })
+  afterAll(async () => {
+    await strict.close()
+  })
+
   it('returns a new access token and a new refresh token in the same session', async () => {
     const { tokens } = await newSession(app)
 
@@ -121,46 +135,46 @@ describe('POST /token grant_type=refresh_token: rotation', () => {
   })
 
   it('answers the old refresh token with 400 invalid_grant after a rotation', async () => {
-    const { tokens } = await newSession(app)
-    expect((await refresh(app, tokens.refresh_token)).statusCode).toBe(200)
+    const { tokens } = await newSession(strict)
+    expect((await refresh(strict, tokens.refresh_token)).statusCode).toBe(200)
 
-    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+    expectInvalidRefresh(await refresh(strict, tokens.refresh_token))
   })
 
   it('revokes the whole family on reuse: the current refresh token dies too', async () => {
-    const { tokens } = await newSession(app)
-    const rotated = (await refresh(app, tokens.refresh_token)).json<TokenBody>()
+    const { tokens } = await newSession(strict)
+    const rotated = (await refresh(strict, tokens.refresh_token)).json<TokenBody>()
 
-    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+    expectInvalidRefresh(await refresh(strict, tokens.refresh_token))
 
-    expectInvalidRefresh(await refresh(app, rotated.refresh_token))
+    expectInvalidRefresh(await refresh(strict, rotated.refresh_token))
   })
 
   it("rejects the family's access tokens with 401 invalid_token after a reuse", async () => {
-    const { tokens } = await newSession(app)
-    const rotated = (await refresh(app, tokens.refresh_token)).json<TokenBody>()
-    await expectUserOk(app, rotated.access_token)
+    const { tokens } = await newSession(strict)
+    const rotated = (await refresh(strict, tokens.refresh_token)).json<TokenBody>()
+    await expectUserOk(strict, rotated.access_token)
 
-    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+    expectInvalidRefresh(await refresh(strict, tokens.refresh_token))
 
-    expectInvalidToken(await getMe(app, `Bearer ${tokens.access_token}`))
-    expectInvalidToken(await getMe(app, `Bearer ${rotated.access_token}`))
+    expectInvalidToken(await getMe(strict, `Bearer ${tokens.access_token}`))
+    expectInvalidToken(await getMe(strict, `Bearer ${rotated.access_token}`))
   })
 
   it("leaves the user's other sessions alone after a reuse in one of them", async () => {
-    const { username, tokens } = await newSession(app)
-    const other = await login(app, username)
-    await refresh(app, tokens.refresh_token)
-    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+    const { username, tokens } = await newSession(strict)
+    const other = await login(strict, username)
+    await refresh(strict, tokens.refresh_token)
+    expectInvalidRefresh(await refresh(strict, tokens.refresh_token))
 
-    await expectUserOk(app, other.access_token)
-    expect((await refresh(app, other.refresh_token)).statusCode).toBe(200)
+    await expectUserOk(strict, other.access_token)
+    expect((await refresh(strict, other.refresh_token)).statusCode).toBe(200)
   })
 
   it('lets at most one of two concurrent refreshes with the same token succeed, then revokes the family', async () => {
-    const { tokens } = await newSession(app)
+    const { tokens } = await newSession(strict)
 
-    const results = await Promise.all([refresh(app, tokens.refresh_token), refresh(app, tokens.refresh_token)])
+    const results = await Promise.all([refresh(strict, tokens.refresh_token), refresh(strict, tokens.refresh_token)])
 
     const ok = results.filter((r) => r.statusCode === 200)
     const failed = results.filter((r) => r.statusCode !== 200)
@@ -170,10 +184,249 @@ describe('POST /token grant_type=refresh_token: rotation', () => {
     // Whoever won holds nothing usable: the family is revoked.
     for (const res of ok) {
       const body = res.json<TokenBody>()
-      expectInvalidRefresh(await refresh(app, body.refresh_token))
-      expectInvalidToken(await getMe(app, `Bearer ${body.access_token}`))
+      expectInvalidRefresh(await refresh(strict, body.refresh_token))
+      expectInvalidToken(await getMe(strict, `Bearer ${body.access_token}`))
     }
-    expectInvalidToken(await getMe(app, `Bearer ${tokens.access_token}`))
+    expectInvalidToken(await getMe(strict, `Bearer ${tokens.access_token}`))
+  })
+})
+
+describe('POST /token grant_type=refresh_token: the reuse grace (REFRESH_REUSE_GRACE_SECONDS)', () => {
+  /** Refreshes `token` and expects 200 in the session `sid`; returns the body. */
+  async function refreshOk(target: FastifyInstance, token: string, sid: unknown): Promise<TokenBody> {
+    const res = await refresh(target, token)
+    expect(res.statusCode).toBe(200)
+    const body = res.json<TokenBody>()
+    expect(decodeClaims(body.access_token).sid).toBe(sid)
+    return body
+  }
+
+  /** The session is revoked: each refresh token answers invalid_grant, each access token 401. */
+  async function expectSessionRevoked(
+    target: FastifyInstance,
+    pairs: { access_token: string; refresh_token: string }[],
+  ) {
+    for (const pair of pairs) {
+      expectInvalidToken(await getMe(target, `Bearer ${pair.access_token}`))
+      expectInvalidRefresh(await refresh(target, pair.refresh_token))
+    }
+  }
+
+  it('answers two concurrent refreshes with the same token with two pairs of the same session, all usable', async () => {
+    const { tokens } = await newSession(app)
+    const sid = decodeClaims(tokens.access_token).sid
+
+    const results = await Promise.all([refresh(app, tokens.refresh_token), refresh(app, tokens.refresh_token)])
+
+    expect(results.map((r) => r.statusCode)).toEqual([200, 200])
+    const [a, b] = results.map((r) => r.json<TokenBody>()) as [TokenBody, TokenBody]
+    for (const body of [a, b]) {
+      expect(body).toEqual({
+        access_token: expect.any(String),
+        token_type: 'bearer',
+        expires_in: 1800,
+        refresh_token: expect.stringMatching(REFRESH_TOKEN_PATTERN),
+        scope: 'user',
+      })
+      expect(decodeClaims(body.access_token).sid).toBe(sid)
+    }
+    expect(a.refresh_token).not.toBe(b.refresh_token)
+    // Nothing was revoked: every access token of the session works.
+    for (const access of [tokens.access_token, a.access_token, b.access_token]) await expectUserOk(app, access)
+    // Either tab may hold either token: each rotates once more, normally.
+    const nextA = await refreshOk(app, a.refresh_token, sid)
+    const nextB = await refreshOk(app, b.refresh_token, sid)
+    for (const access of [tokens.access_token, a.access_token, b.access_token, nextA.access_token, nextB.access_token])
+      await expectUserOk(app, access)
+  })
+
+  describe('when both refreshes read the token before either rotates it (rotate loses the race)', () => {
+    /**
+     * The memory store, except that the next `n` findToken calls answer together, once all n have
+     * read the store: both refreshes see the token not yet rotated, so one of their rotate() calls
+     * wins and the other loses, as two requests on two PostgreSQL connections may.
+     */
+    class LockstepSessionStore extends MemorySessionStore {
+      #size = 0
+      readonly #waiting: (() => void)[] = []
+      lockstep(n: number): void {
+        this.#size = n
+      }
+      override async findToken(hash: string) {
+        const found = await super.findToken(hash)
+        if (this.#size > 0) {
+          await new Promise<void>((resolve) => {
+            this.#waiting.push(resolve)
+            if (this.#waiting.length < this.#size) return
+            this.#size = 0
+            for (const release of this.#waiting.splice(0)) release()
+          })
+        }
+        return found
+      }
+    }
+
+    async function lockstepApp(env: Record<string, string>) {
+      const sessions = new LockstepSessionStore()
+      return { sessions, app: await buildTestApp(env, { stores: { sessions } }) }
+    }
+
+    it('takes the loser for a grace re-issue: two pairs of the same session, all usable', async () => {
+      const { sessions, app: own } = await lockstepApp({})
+      try {
+        const { tokens } = await newSession(own)
+        const sid = decodeClaims(tokens.access_token).sid
+        sessions.lockstep(2)
+
+        const results = await Promise.all([refresh(own, tokens.refresh_token), refresh(own, tokens.refresh_token)])
+
+        expect(results.map((r) => r.statusCode)).toEqual([200, 200])
+        const [a, b] = results.map((r) => r.json<TokenBody>()) as [TokenBody, TokenBody]
+        expect(a.refresh_token).not.toBe(b.refresh_token)
+        for (const body of [a, b]) expect(decodeClaims(body.access_token).sid).toBe(sid)
+        for (const access of [tokens.access_token, a.access_token, b.access_token]) await expectUserOk(own, access)
+        const nextA = await refreshOk(own, a.refresh_token, sid)
+        const nextB = await refreshOk(own, b.refresh_token, sid)
+        await expectUserOk(own, nextA.access_token)
+        await expectUserOk(own, nextB.access_token)
+      } finally {
+        await own.close()
+      }
+    })
+
+    it('with REFRESH_REUSE_GRACE_SECONDS=0: one 200, one 400, and the session revoked, as before', async () => {
+      const { sessions, app: own } = await lockstepApp({ REFRESH_REUSE_GRACE_SECONDS: '0' })
+      try {
+        const { tokens } = await newSession(own)
+        sessions.lockstep(2)
+
+        const results = await Promise.all([refresh(own, tokens.refresh_token), refresh(own, tokens.refresh_token)])
+
+        expect(results.map((r) => r.statusCode).sort()).toEqual([200, 400])
+        for (const res of results) if (res.statusCode === 400) expectInvalidRefresh(res)
+        const winner = results.find((r) => r.statusCode === 200)?.json<TokenBody>() as TokenBody
+        await expectSessionRevoked(own, [tokens, winner])
+      } finally {
+        await own.close()
+      }
+    })
+  })
+
+  it('answers a third concurrent refresh with the same token as reuse: the session is revoked', async () => {
+    const { tokens } = await newSession(app)
+
+    const results = await Promise.all([1, 2, 3].map(() => refresh(app, tokens.refresh_token)))
+
+    // One rotation, one grace re-issue, and the third is a second reuse.
+    expect(results.map((r) => r.statusCode).sort()).toEqual([200, 200, 400])
+    for (const res of results) if (res.statusCode === 400) expectInvalidRefresh(res)
+    const issued = results.filter((r) => r.statusCode === 200).map((r) => r.json<TokenBody>())
+    await expectSessionRevoked(app, [tokens, ...issued])
+  })
+
+  it('gives a sequential reuse within the grace one pair, and revokes the session at the third use', async () => {
+    const { tokens } = await newSession(app)
+    const sid = decodeClaims(tokens.access_token).sid
+    const first = await refreshOk(app, tokens.refresh_token, sid)
+
+    const again = await refreshOk(app, tokens.refresh_token, sid)
+
+    expect(again.refresh_token).not.toBe(first.refresh_token)
+    await expectUserOk(app, first.access_token)
+    await expectUserOk(app, again.access_token)
+
+    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+    await expectSessionRevoked(app, [tokens, first, again])
+  })
+
+  it('applies the refresh checks to the grace path: scope narrowing, and nothing spent by a refused one', async () => {
+    const admin = await login(app, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)
+    const sid = decodeClaims(admin.access_token).sid
+    await refreshOk(app, admin.refresh_token, sid)
+
+    const wider = await refresh(app, admin.refresh_token, { scope: 'user admin other' })
+    expect(wider.statusCode).toBe(400)
+    expect(wider.json()).toEqual(oauthError('invalid_scope', 'The requested scope exceeds the scope granted'))
+
+    const narrowed = await refresh(app, admin.refresh_token, { scope: 'user' })
+    expect(narrowed.statusCode).toBe(200)
+    expect(narrowed.json().scope).toBe('user')
+    expect(decodeClaims(narrowed.json().access_token)).toMatchObject({ sid, scope: 'user' })
+  })
+
+  it('answers invalid_grant on the grace path for a user an admin disabled meanwhile', async () => {
+    const { id, tokens } = await newSession(app)
+    expect((await refresh(app, tokens.refresh_token)).statusCode).toBe(200)
+    expect((await authed(app, 'PATCH', `/users/${id}`, adminToken, { disabled: true })).statusCode).toBe(200)
+
+    expectInvalidRefresh(await refresh(app, tokens.refresh_token))
+  })
+
+  it('audits a grace re-issue as refresh grace_reissue with the session id', async () => {
+    const lines: string[] = []
+    const stream = new Writable({
+      write(chunk, _encoding, callback) {
+        lines.push(...String(chunk).split('\n').filter(Boolean))
+        callback()
+      },
+    })
+    const audited = await buildTestApp({}, { audit: pino(stream) })
+    try {
+      const { id, tokens } = await newSession(audited)
+      const sid = decodeClaims(tokens.access_token).sid
+      await refreshOk(audited, tokens.refresh_token, sid)
+      await refreshOk(audited, tokens.refresh_token, sid)
+      expectInvalidRefresh(await refresh(audited, tokens.refresh_token))
+
+      const events = lines
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((r) => r.event === 'refresh' || r.event === 'refresh_reuse')
+      expect(events.map((r) => [r.event, r.outcome])).toEqual([
+        ['refresh', 'success'],
+        ['refresh', 'grace_reissue'],
+        ['refresh_reuse', 'family_revoked'],
+      ])
+      expect(events[1]).toMatchObject({ userId: id, sessionId: sid })
+    } finally {
+      await audited.close()
+    }
+  })
+
+  describe('with REFRESH_REUSE_GRACE_SECONDS=1', () => {
+    let short: FastifyInstance
+    beforeAll(async () => {
+      short = await buildTestApp({ REFRESH_REUSE_GRACE_SECONDS: '1' })
+    })
+    afterAll(async () => {
+      await short.close()
+    })
+
+    it('revokes the whole session at a reuse after the grace period', async () => {
+      const { tokens } = await newSession(short)
+      const sid = decodeClaims(tokens.access_token).sid
+      const rotated = await refreshOk(short, tokens.refresh_token, sid)
+      await expectUserOk(short, rotated.access_token)
+
+      await sleep(1_100)
+
+      expectInvalidRefresh(await refresh(short, tokens.refresh_token))
+      await expectSessionRevoked(short, [tokens, rotated])
+    })
+
+    it('keeps a grace-issued refresh token to the same rules: its own reuse after the grace revokes', async () => {
+      const { tokens } = await newSession(short)
+      const sid = decodeClaims(tokens.access_token).sid
+      const [a, b] = (
+        await Promise.all([refresh(short, tokens.refresh_token), refresh(short, tokens.refresh_token)])
+      ).map((r) => r.json<TokenBody>()) as [TokenBody, TokenBody]
+      const nextB = await refreshOk(short, b.refresh_token, sid)
+
+      await sleep(1_100)
+
+      await expectUserOk(short, a.access_token)
+      expectInvalidRefresh(await refresh(short, b.refresh_token))
+      await expectSessionRevoked(short, [tokens, a, b, nextB])
+    })
   })
 })
 

@@ -3,10 +3,14 @@
 // only a shared store has to do: migrations, races between instances, entries seen across instances.
 import { execFile } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
+import { LastAdminError } from '../src/errors.js'
+import { CachedUserStore } from '../src/store/cache.js'
 import { type CounterStore, MemoryCounterStore } from '../src/store/counters.js'
 import { defaultMigrationsDir, migrate } from '../src/store/migrate.js'
 import { PostgresDenyList, PostgresSessionStore, PostgresUserStore } from '../src/store/postgres.js'
@@ -110,6 +114,24 @@ function userStoreContract(make: () => Promise<UserStore>): void {
     expect(await store().update('not-a-uuid', { disabled: true })).toBeUndefined()
   })
 
+  it('replaces the password hash only while it is still the expected one, keeping the token version', async () => {
+    const input = newUser('hank')
+    await store().create(input)
+    expect(await store().replacePasswordHash(input.id, input.passwordHash, 'rehashed')).toBe(true)
+    expect(await store().findById(input.id)).toEqual({
+      ...input,
+      passwordHash: 'rehashed',
+      disabled: false,
+      tokenVersion: 0,
+    })
+    // A password change landed first: the re-hash of the old password must not undo it.
+    await store().update(input.id, { passwordHash: 'changed', bumpTokenVersion: true })
+    expect(await store().replacePasswordHash(input.id, 'rehashed', 'stale')).toBe(false)
+    expect((await store().findById(input.id))?.passwordHash).toBe('changed')
+    expect(await store().replacePasswordHash(randomUUID(), 'changed', 'x')).toBe(false)
+    expect(await store().replacePasswordHash('not-a-uuid', 'changed', 'x')).toBe(false)
+  })
+
   it('bumps the token version by one each time', async () => {
     const input = newUser('erin')
     await store().create(input)
@@ -167,6 +189,95 @@ function userStoreContract(make: () => Promise<UserStore>): void {
     await store().create(newUser('two'))
     expect(await userCount(store())).toBe(2)
   })
+
+  describe('keepAnAdmin: never leaves no enabled admin', () => {
+    const keep = { keepAnAdmin: true }
+    const admin = (name: string) => newUser(name, { roles: ['user', 'admin'] })
+
+    /** The ids of the enabled admins. */
+    async function enabledAdmins(): Promise<string[]> {
+      const { items } = await store().list({ limit: 100, offset: 0 })
+      return items.filter((u) => u.roles.includes('admin') && !u.disabled).map((u) => u.id)
+    }
+
+    it.each([
+      [
+        'removing the admin role of',
+        (s: UserStore, id: string) => s.update(id, { roles: ['user'], bumpTokenVersion: true }, keep),
+      ],
+      ['disabling', (s: UserStore, id: string) => s.update(id, { disabled: true, bumpTokenVersion: true }, keep)],
+      ['deleting', (s: UserStore, id: string) => s.delete(id, keep)],
+    ])('refuses %s the only enabled admin with LastAdminError, and changes nothing', async (_label, change) => {
+      const only = admin('only_admin')
+      const created = await store().create(only)
+      await store().create(newUser('plain'))
+      await expect(change(store(), only.id)).rejects.toBeInstanceOf(LastAdminError)
+      expect(await store().findById(only.id)).toEqual(created)
+      expect(await enabledAdmins()).toEqual([only.id])
+    })
+
+    it('does the same change without the option (the boot admin and tools do not ask for it)', async () => {
+      const only = admin('unguarded')
+      await store().create(only)
+      expect((await store().update(only.id, { roles: ['user'] }))?.roles).toEqual(['user'])
+      expect(await enabledAdmins()).toEqual([])
+    })
+
+    it('lets changes through that keep an enabled admin', async () => {
+      const [a, b] = [admin('admin_a'), admin('admin_b')]
+      const plain = newUser('plain_user')
+      for (const u of [a, b, plain]) await store().create(u)
+      // Changes that do not take admin status away, on the only admin or on anyone.
+      expect((await store().update(a.id, { roles: ['user', 'admin'], disabled: false }, keep))?.roles).toEqual([
+        'user',
+        'admin',
+      ])
+      expect((await store().update(a.id, { passwordHash: 'h2', bumpTokenVersion: true }, keep))?.tokenVersion).toBe(1)
+      expect((await store().update(plain.id, { disabled: true }, keep))?.disabled).toBe(true)
+      expect(await store().delete(plain.id, keep)).toBe(true)
+      // One of two admins may go; then the other may not.
+      expect((await store().update(b.id, { roles: ['user'] }, keep))?.roles).toEqual(['user'])
+      await expect(store().update(a.id, { disabled: true }, keep)).rejects.toBeInstanceOf(LastAdminError)
+      // b is no admin any more: deleting it takes no admin away.
+      expect(await store().delete(b.id, keep)).toBe(true)
+      expect(await enabledAdmins()).toEqual([a.id])
+    })
+
+    it('does not count a disabled admin, and counts it again once enabled', async () => {
+      const [a, b] = [admin('enabled_admin'), admin('disabled_admin')]
+      for (const u of [a, b]) await store().create(u)
+      await store().update(b.id, { disabled: true }, keep)
+      await expect(store().update(a.id, { roles: ['user'] }, keep)).rejects.toBeInstanceOf(LastAdminError)
+      await expect(store().delete(a.id, keep)).rejects.toBeInstanceOf(LastAdminError)
+      await store().update(b.id, { disabled: false }, keep)
+      expect(await store().delete(a.id, keep)).toBe(true)
+      expect(await enabledAdmins()).toEqual([b.id])
+    })
+
+    it('answers an unknown user as without the option (undefined, false), and a store with no admin lets non-admins change', async () => {
+      expect(await store().update(randomUUID(), { disabled: true }, keep)).toBeUndefined()
+      expect(await store().update('not-a-uuid', { roles: ['user'] }, keep)).toBeUndefined()
+      expect(await store().delete(randomUUID(), keep)).toBe(false)
+      const plain = newUser('no_admins_here')
+      await store().create(plain)
+      expect((await store().update(plain.id, { disabled: true }, keep))?.disabled).toBe(true)
+      expect(await store().delete(plain.id, keep)).toBe(true)
+    })
+
+    it('lets exactly one of two concurrent demotions of the last two admins through', async () => {
+      const [a, b] = [admin('race_a'), admin('race_b')]
+      for (const u of [a, b]) await store().create(u)
+      const results = await Promise.allSettled([
+        store().update(a.id, { roles: ['user'] }, keep),
+        store().update(b.id, { roles: ['user'] }, keep),
+      ])
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+      const refused = results.filter((r) => r.status === 'rejected')
+      expect(refused).toHaveLength(1)
+      expect((refused[0] as PromiseRejectedResult).reason).toBeInstanceOf(LastAdminError)
+      expect(await enabledAdmins()).toHaveLength(1)
+    })
+  })
 }
 
 // --- refresh-token families --------------------------------------------------------------------
@@ -201,7 +312,14 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
   it('creates a family whose first token can be found', async () => {
     const { fam, first } = await family()
     expect(await sessions().findToken(first.hash)).toEqual({
-      token: { hash: first.hash, familyId: fam.id, expiresAt: first.expiresAt, rotated: false },
+      token: {
+        hash: first.hash,
+        familyId: fam.id,
+        expiresAt: first.expiresAt,
+        rotated: false,
+        rotatedAt: null,
+        graceUsed: false,
+      },
       family: { ...fam, revoked: false },
     })
     expect(await sessions().findToken('unknown')).toBeUndefined()
@@ -210,13 +328,20 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
   it('rotates once: the old token is marked rotated and cannot rotate again', async () => {
     const { fam, first } = await family()
     const second = token()
+    const before = Date.now()
     expect(await sessions().rotate(fam.id, first.hash, second)).toBe(true)
-    expect((await sessions().findToken(first.hash))?.token.rotated).toBe(true)
+    const rotated = (await sessions().findToken(first.hash))?.token
+    expect(rotated).toMatchObject({ rotated: true, graceUsed: false })
+    // rotatedAt: when rotate() ran, on this process's clock (the one the grace is measured by).
+    expect(rotated?.rotatedAt?.getTime()).toBeGreaterThanOrEqual(before)
+    expect(rotated?.rotatedAt?.getTime()).toBeLessThanOrEqual(Date.now())
     expect((await sessions().findToken(second.hash))?.token).toEqual({
       hash: second.hash,
       familyId: fam.id,
       expiresAt: second.expiresAt,
       rotated: false,
+      rotatedAt: null,
+      graceUsed: false,
     })
     expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
     expect(await sessions().rotate(fam.id, second.hash, token())).toBe(true)
@@ -246,6 +371,119 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
     expect((await sessions().findToken(first.hash))?.family.revoked).toBe(true)
     expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
     await sessions().revokeFamily(randomUUID())
+  })
+
+  describe('reissueWithinGrace (the refresh reuse grace)', () => {
+    const secondsAgo = (seconds: number) => new Date(Date.now() - seconds * 1000)
+
+    /** A family whose first token was rotated just now to `second`. */
+    async function rotatedFamily() {
+      const { fam, first } = await family()
+      const second = token()
+      expect(await sessions().rotate(fam.id, first.hash, second)).toBe(true)
+      return { fam, first, second }
+    }
+
+    it('re-issues once for a token rotated at or after rotatedAfter, marking its grace used', async () => {
+      const { fam, first } = await rotatedFamily()
+      const third = token()
+
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10))).toBe(true)
+
+      expect((await sessions().findToken(first.hash))?.token).toMatchObject({ rotated: true, graceUsed: true })
+      expect((await sessions().findToken(third.hash))?.token).toEqual({
+        hash: third.hash,
+        familyId: fam.id,
+        expiresAt: third.expiresAt,
+        rotated: false,
+        rotatedAt: null,
+        graceUsed: false,
+      })
+      // Its one grace is spent.
+      const fourth = token()
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, fourth, secondsAgo(10))).toBe(false)
+      expect(await sessions().findToken(fourth.hash)).toBeUndefined()
+    })
+
+    it('refuses a token rotated before rotatedAfter, and spends nothing', async () => {
+      const { fam, first } = await rotatedFamily()
+      const late = token()
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, late, new Date(Date.now() + 60_000))).toBe(false)
+      expect(await sessions().findToken(late.hash)).toBeUndefined()
+      expect((await sessions().findToken(first.hash))?.token.graceUsed).toBe(false)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10))).toBe(true)
+    })
+
+    it('refuses a token not rotated, an unknown one, one of another family, and an unknown family', async () => {
+      const a = await rotatedFamily()
+      const b = await rotatedFamily()
+      const since = secondsAgo(10)
+      expect(await sessions().reissueWithinGrace(a.fam.id, a.second.hash, token(), since)).toBe(false)
+      expect(await sessions().reissueWithinGrace(a.fam.id, 'unknown', token(), since)).toBe(false)
+      expect(await sessions().reissueWithinGrace(a.fam.id, b.first.hash, token(), since)).toBe(false)
+      expect(await sessions().reissueWithinGrace(randomUUID(), a.first.hash, token(), since)).toBe(false)
+      expect((await sessions().findToken(b.first.hash))?.token.graceUsed).toBe(false)
+      expect((await sessions().findToken(a.first.hash))?.token.graceUsed).toBe(false)
+    })
+
+    it('refuses in a revoked family', async () => {
+      const { fam, first } = await rotatedFamily()
+      await sessions().revokeFamily(fam.id)
+      const next = token()
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, next, secondsAgo(10))).toBe(false)
+      expect(await sessions().findToken(next.hash)).toBeUndefined()
+    })
+
+    it('leaves two tokens that may rotate, each once: the rotated-to one and the re-issued one', async () => {
+      const { fam, first, second } = await rotatedFamily()
+      const third = token()
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10))).toBe(true)
+
+      expect(await sessions().rotate(fam.id, second.hash, token())).toBe(true)
+      expect(await sessions().rotate(fam.id, third.hash, token())).toBe(true)
+      expect(await sessions().rotate(fam.id, second.hash, token())).toBe(false)
+      expect(await sessions().rotate(fam.id, third.hash, token())).toBe(false)
+      expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
+      // Each of them has a grace of its own.
+      expect(await sessions().reissueWithinGrace(fam.id, second.hash, token(), secondsAgo(10))).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, third.hash, token(), secondsAgo(10))).toBe(true)
+    })
+
+    it('lets exactly one of many concurrent re-issues of one token succeed', async () => {
+      const { fam, first } = await rotatedFamily()
+      const nexts = Array.from({ length: 20 }, token)
+      const since = secondsAgo(10)
+
+      const results = await Promise.all(nexts.map((n) => sessions().reissueWithinGrace(fam.id, first.hash, n, since)))
+
+      expect(results.filter(Boolean)).toHaveLength(1)
+      const found = await Promise.all(nexts.map((n) => sessions().findToken(n.hash)))
+      expect(found.filter((f) => f !== undefined)).toHaveLength(1)
+      expect(found[results.indexOf(true)]?.token.familyId).toBe(fam.id)
+    })
+
+    it('lets exactly one of two concurrent refreshes rotate and the other re-issue', async () => {
+      // What the service does: rotate, and when that loses, reissueWithinGrace. Both succeed.
+      const { fam, first } = await family()
+      const attempt = async () => {
+        if (await sessions().rotate(fam.id, first.hash, token())) return 'rotated'
+        return (await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10)))
+          ? 'reissued'
+          : 'refused'
+      }
+      const outcomes = await Promise.all([attempt(), attempt(), attempt()])
+      expect(outcomes.sort()).toEqual(['refused', 'reissued', 'rotated'])
+    })
+
+    it('sweeps re-issued tokens with their family', async () => {
+      const old = await family(undefined, new Date(Date.now() - 1_000))
+      const second = token()
+      const third = token()
+      expect(await sessions().rotate(old.fam.id, old.first.hash, second)).toBe(true)
+      expect(await sessions().reissueWithinGrace(old.fam.id, old.first.hash, third, secondsAgo(10))).toBe(true)
+      await sessions().sweep(new Date())
+      for (const t of [old.first, second, third]) expect(await sessions().findToken(t.hash)).toBeUndefined()
+    })
   })
 
   it("revokes all of one user's families and returns their ids", async () => {
@@ -414,6 +652,8 @@ function sharedDenyListContract(make: () => Promise<DenyList>): void {
 
 describe('memory stores', () => {
   describe('MemoryUserStore', () => userStoreContract(async () => new MemoryUserStore()))
+  // The cache in front of a store changes nothing a caller can see through it (options included).
+  describe('CachedUserStore', () => userStoreContract(async () => new CachedUserStore(new MemoryUserStore(), 60_000)))
   describe('MemorySessionStore', () =>
     sessionStoreContract(async () => ({
       sessions: new MemorySessionStore(),
@@ -449,6 +689,37 @@ describeWith('postgres', 'PostgreSQL stores', () => {
         expect(results.filter((r) => r !== null)).toHaveLength(1)
       }
       expect(await userCount(a)).toBe(10)
+    })
+
+    it('keeps an enabled admin when two instances demote, disable and delete the last two admins at once', async () => {
+      const [a, b] = [new PostgresUserStore(db.newPool()), new PostgresUserStore(db.newPool())]
+      const keep = { keepAnAdmin: true }
+      for (let round = 0; round < 10; round++) {
+        await db.truncate()
+        const admins = [newUser(`admin_x${round}`), newUser(`admin_y${round}`)].map((u) => ({
+          ...u,
+          roles: ['user', 'admin'] as const,
+        }))
+        for (const u of admins) await a.create(u)
+        // Every way of taking an admin away, for both admins, from both instances, all at once.
+        const changes = admins.flatMap(({ id }) =>
+          [a, b].flatMap((s) => [
+            () => s.update(id, { roles: ['user'], bumpTokenVersion: true }, keep),
+            () => s.update(id, { disabled: true, bumpTokenVersion: true }, keep),
+            () => s.delete(id, keep),
+          ]),
+        )
+        const results = await Promise.allSettled(changes.map((change) => change()))
+        // Refusals are LastAdminError only: no deadlock, no timeout.
+        for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(LastAdminError)
+        expect(results.some((r) => r.status === 'rejected')).toBe(true)
+        const { rows } = await db.pool.query(
+          `SELECT id, token_version FROM users WHERE 'admin' = ANY(roles) AND NOT disabled`,
+        )
+        expect(rows).toHaveLength(1)
+        // The survivor was never changed, not even its token version.
+        expect(rows[0].token_version).toBe(0)
+      }
     })
 
     it('enforces case-insensitive uniqueness in the database itself', async () => {
@@ -539,14 +810,17 @@ describeWith('postgres', 'PostgreSQL stores', () => {
     it('changes nothing when run again', async () => {
       expect(await migrate(db.pool)).toEqual([])
       const { rows } = await db.pool.query('SELECT version, name FROM schema_migrations ORDER BY version')
-      expect(rows).toEqual([{ version: '1', name: '001_initial' }])
+      expect(rows).toEqual([
+        { version: '1', name: '001_initial' },
+        { version: '2', name: '002_refresh_reuse_grace' },
+      ])
     })
 
     it('applies each migration once when two instances start at the same time', async () => {
       const fresh = await createTestSchema({ migrated: false })
       try {
         const results = await Promise.all([migrate(fresh.newPool()), migrate(fresh.newPool())])
-        expect(results.flat()).toEqual(['001_initial'])
+        expect(results.flat()).toEqual(['001_initial', '002_refresh_reuse_grace'])
         const { rows } = await fresh.pool.query('SELECT count(*)::int AS n FROM users')
         expect(rows).toEqual([{ n: 0 }])
       } finally {
@@ -561,9 +835,46 @@ describeWith('postgres', 'PostgreSQL stores', () => {
           run(process.execPath, ['--import', 'tsx', 'src/cli/migrate.ts'], {
             env: { ...process.env, DATABASE_URL: fresh.url },
           })
-        expect((await cli()).stdout.trim()).toBe('migrate: applied 001_initial')
+        expect((await cli()).stdout.trim()).toBe('migrate: applied 001_initial, 002_refresh_reuse_grace')
         expect((await cli()).stdout.trim()).toBe('migrate: up to date')
       } finally {
+        await fresh.drop()
+      }
+    })
+
+    it('upgrades a database at 001: tokens rotated before 002 have no grace, and sessions keep working', async () => {
+      const fresh = await createTestSchema({ migrated: false })
+      const only001 = mkdtempSync(join(tmpdir(), 'migrations-001-'))
+      try {
+        copyFileSync(join(defaultMigrationsDir(), '001_initial.sql'), join(only001, '001_initial.sql'))
+        expect(await migrate(fresh.pool, only001)).toEqual(['001_initial'])
+        const user = newUser('upgraded')
+        await new PostgresUserStore(fresh.pool).create(user)
+        const now = new Date()
+        const inAnHour = new Date(+now + 3_600_000)
+        // A session as the code before 002 left it: its first token rotated, the second current.
+        await fresh.pool.query(
+          `INSERT INTO refresh_families (id, user_id, scope, created_at, absolute_expires_at, current_hash)
+           VALUES ('fam-001', $1, 'user', $2, $3, 'h-second')`,
+          [user.id, now, inAnHour],
+        )
+        await fresh.pool.query(
+          `INSERT INTO refresh_tokens (hash, family_id, expires_at, rotated)
+           VALUES ('h-first', 'fam-001', $1, true), ('h-second', 'fam-001', $1, false)`,
+          [inAnHour],
+        )
+
+        expect(await migrate(fresh.pool)).toEqual(['002_refresh_reuse_grace'])
+
+        const sessions = new PostgresSessionStore(fresh.pool)
+        expect((await sessions.findToken('h-first'))?.token).toMatchObject({ rotatedAt: null, graceUsed: false })
+        const since = new Date(Date.now() - 3_600_000)
+        expect(
+          await sessions.reissueWithinGrace('fam-001', 'h-first', { hash: 'h-x', expiresAt: inAnHour }, since),
+        ).toBe(false)
+        expect(await sessions.rotate('fam-001', 'h-second', { hash: 'h-third', expiresAt: inAnHour })).toBe(true)
+      } finally {
+        rmSync(only001, { recursive: true, force: true })
         await fresh.drop()
       }
     })

@@ -7,6 +7,8 @@ export class TcpProxy {
   #server: Server | undefined
   #port = 0
   readonly #sockets = new Set<Socket>()
+  readonly #pairs = new Set<[client: Socket, upstream: Socket]>()
+  #stalled = false
 
   constructor(
     readonly targetHost: string,
@@ -38,6 +40,29 @@ export class TcpProxy {
     this.#server = server
   }
 
+  /**
+   * Stalls every connection, open or new, as a network that drops packets would: nothing is
+   * forwarded and nothing is closed, until resume().
+   */
+  stall(): void {
+    this.#stalled = true
+    for (const [client, upstream] of this.#pairs) {
+      client.unpipe(upstream)
+      upstream.unpipe(client)
+      client.pause()
+      upstream.pause()
+    }
+  }
+
+  /** Forwards again what stall() held. */
+  resume(): void {
+    this.#stalled = false
+    for (const [client, upstream] of this.#pairs) {
+      client.pipe(upstream)
+      upstream.pipe(client)
+    }
+  }
+
   /** Stops listening (new connections are refused) and cuts every open connection. */
   async stop(): Promise<void> {
     const server = this.#server
@@ -57,8 +82,16 @@ export class TcpProxy {
     this.#track(client)
     const upstream = tcpConnect({ host: this.targetHost, port: this.targetPort })
     this.#track(upstream)
-    client.pipe(upstream)
-    upstream.pipe(client)
+    const pair: [Socket, Socket] = [client, upstream]
+    this.#pairs.add(pair)
+    client.on('close', () => this.#pairs.delete(pair))
+    if (this.#stalled) {
+      client.pause()
+      upstream.pause()
+    } else {
+      client.pipe(upstream)
+      upstream.pipe(client)
+    }
     // One side gone: the other goes too (an abrupt close, as a dropped network would be).
     client.on('close', () => upstream.destroy())
     upstream.on('close', () => client.destroy())

@@ -12,9 +12,16 @@ async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) process.stderr.write('Password (end with Enter, then Ctrl-D): ')
   const chunks: Buffer[] = []
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
-  return Buffer.concat(chunks)
-    .toString('utf8')
-    .replace(/\r?\n$/, '')
+  // Refused, never repaired: toString('utf8') would turn bytes that are not UTF-8 into U+FFFD, a
+  // password other than the one piped in. The WHATWG decoder built into Node, fatal; a BOM is kept,
+  // as toString kept it (docs/security.md, Text encodings).
+  let text: string
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.concat(chunks))
+  } catch {
+    fail('the password on stdin is not valid UTF-8')
+  }
+  return text.replace(/\r?\n$/, '')
 }
 
 function fail(message: string): never {

@@ -21,6 +21,7 @@ import {
   RouteNotFoundError,
   TooManyRequestsError,
   UnsupportedMediaTypeError,
+  UriTooLongError,
   ValidationError,
 } from '../errors.js'
 
@@ -46,6 +47,7 @@ const FASTIFY_CLIENT_ERRORS: Record<string, () => ApiError> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: () => new BadRequestError('Request body is empty'),
   FST_ERR_CTP_INVALID_JSON_BODY: () => new BadRequestError('Request body is not valid JSON'),
   FST_ERR_BAD_URL: () => new BadRequestError('Malformed URL'),
+  FST_ERR_MAX_PARAM_LENGTH: () => new UriTooLongError(),
   FST_ERR_ASYNC_CONSTRAINT: () => new BadRequestError(),
 }
 
@@ -131,11 +133,7 @@ async function errorPlugin(app: FastifyInstance, { realm }: ErrorPluginOptions):
   app.addHook('onRoute', (route) => {
     let entry = routes.get(route.url)
     if (!entry) {
-      const source = route.url
-        .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
-        .replace(/:[^/]+/g, '[^/]+')
-        .replace(/\*/g, '.*')
-      entry = { pattern: new RegExp(`^${source}$`), methods: new Set() }
+      entry = { pattern: routePattern(route.url), methods: new Set() }
       routes.set(route.url, entry)
     }
     for (const m of [route.method].flat()) entry.methods.add(m)
@@ -149,6 +147,50 @@ async function errorPlugin(app: FastifyInstance, { realm }: ErrorPluginOptions):
 }
 
 export default fp(errorPlugin, { name: 'errors', fastify: '5.x' })
+
+/**
+ * The paths a route URL matches, as a RegExp: `:name` is one segment, `:name(regex)` one segment
+ * matching that regex (so `/users/:id(<uuid>)` does not claim `/users/me`), `*` anything.
+ */
+function routePattern(url: string): RegExp {
+  let source = ''
+  for (let i = 0; i < url.length; ) {
+    const c = url[i] as string
+    if (c === '*') {
+      source += '.*'
+      i++
+    } else if (c !== ':') {
+      source += c.replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+      i++
+    } else {
+      // `:name`, then an optional `(regex)` whose parentheses may nest.
+      while (i < url.length && url[i] !== '/' && url[i] !== '(') i++
+      if (url[i] !== '(') {
+        source += '[^/]+'
+        continue
+      }
+      const start = ++i
+      for (let depth = 1; i < url.length && depth > 0; i++) depth += url[i] === '(' ? 1 : url[i] === ')' ? -1 : 0
+      source += `(?:${url
+        .slice(start, i - 1)
+        .replace(/^\^/, '')
+        .replace(/\$$/, '')})`
+    }
+  }
+  return new RegExp(`^${source}$`)
+}
+
+/**
+ * Fastify's frameworkErrors: failures before routing, above all a path whose %XX escapes are not
+ * UTF-8 (`/users/%FF`, FST_ERR_BAD_URL: 400 "Malformed URL"), or a path segment over maxParamLength
+ * (414). Fastify answers these with its own body and none of our hooks; this gives them our
+ * `{"detail"}` body and the request id.
+ */
+export function answerFrameworkError(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const apiError = toApiError(err, request) ?? new InternalError()
+  if (apiError instanceof InternalError) request.log.error({ err, code: apiError.code }, 'framework error')
+  reply.code(apiError.statusCode).header('x-request-id', request.id).send({ detail: apiError.detail })
+}
 
 /**
  * Fastify's clientErrorHandler: errors Node's HTTP parser raises before Fastify sees a request

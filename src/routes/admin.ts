@@ -14,6 +14,13 @@ import {
 import { ADMIN_SECURITY, requireMediaType } from './hooks.js'
 import { toAdminView } from './views.js'
 
+/**
+ * An account by id. `me` is never an id: /users/me is the caller's own account (routes/users.ts),
+ * so a method it does not have (PATCH /users/me) answers 405 with Allow instead of reaching this
+ * admin route and its 403.
+ */
+const USER_PATH = '/users/:id(^(?!me$)[^/]+$)'
+
 export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   const admin = app.requireScope('admin')
   const errors = { 401: Detail, 403: Detail, 422: ValidationErrorBody }
@@ -38,7 +45,7 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   )
 
   app.get(
-    '/users/:id',
+    USER_PATH,
     {
       onRequest: admin,
       schema: {
@@ -53,17 +60,18 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   )
 
   app.patch(
-    '/users/:id',
+    USER_PATH,
     {
       onRequest: [admin, requireMediaType('application/json')],
       schema: {
         summary: 'Disable/enable a user or set their roles (admin)',
-        description: "Either change ends the user's current access tokens; disabling also ends their sessions.",
+        description:
+          "Either change ends the user's current access tokens; disabling also ends their sessions. 409 when the change would leave no enabled administrator (the last admin removing its own admin role or disabling itself); nothing is changed then.",
         tags: ['admin'],
         security: ADMIN_SECURITY,
         params: UserIdParams,
         body: UserPatchBody,
-        response: { 200: UserAdminView, 404: Detail, 415: Detail, ...errors },
+        response: { 200: UserAdminView, 404: Detail, 409: Detail, 415: Detail, ...errors },
       },
     },
     async (request) => {
@@ -80,15 +88,17 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   )
 
   app.delete(
-    '/users/:id',
+    USER_PATH,
     {
       onRequest: admin,
       schema: {
         summary: 'Delete a user (admin)',
+        description:
+          'The account and all its tokens are gone. 409 when it is the last enabled administrator; nothing is deleted then.',
         tags: ['admin'],
         security: ADMIN_SECURITY,
         params: UserIdParams,
-        response: { 204: NoContent, 404: Detail, ...errors },
+        response: { 204: NoContent, 404: Detail, 409: Detail, ...errors },
       },
     },
     async (request, reply) => {

@@ -3,7 +3,15 @@
 import type { FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod'
 import type { Config } from '../config.js'
-import { OAuthError, ReuseDetectedError, TooManyAttemptsError, TooManyRequestsError } from '../errors.js'
+import {
+  ApiError,
+  OAuthError,
+  ReuseDetectedError,
+  ServerBusyError,
+  StoreUnavailableError,
+  TooManyAttemptsError,
+  TooManyRequestsError,
+} from '../errors.js'
 import {
   Detail,
   EmptyObject,
@@ -18,7 +26,7 @@ import {
 } from '../schemas.js'
 import { grantScope } from '../services/scopes.js'
 import { normaliseUsername } from '../store/users.js'
-import { BEARER_SECURITY, requireMediaType } from './hooks.js'
+import { BEARER_SECURITY, emptyForm, requireMediaType } from './hooks.js'
 import { toPublic } from './views.js'
 
 const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
@@ -37,6 +45,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
   app.post(
     '/register',
     {
+      // No body and no Content-Type stays 415 here, unlike /token and /revoke: see hooks.ts.
       onRequest: requireMediaType('application/json'),
       config: {
         rateLimit: {
@@ -47,8 +56,12 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       },
       schema: {
         summary: 'Register a new user',
+        description:
+          'JSON in UTF-8: 400 for a body that is not valid JSON or not valid UTF-8 (never repaired), 415 for another media type, a charset other than utf-8, or no Content-Type.',
         tags: ['auth'],
-        body: makeRegisterBody(config.password.minLength),
+        body: makeRegisterBody(config.password.minLength, (password, account) =>
+          app.users.newPasswordProblems(password, account),
+        ),
         response: { 201: UserPublic, 400: Detail, 409: Detail, 415: Detail, 422: ValidationErrorBody, 429: Detail },
       },
     },
@@ -68,7 +81,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
   app.post(
     '/token',
     {
-      onRequest: requireMediaType('application/x-www-form-urlencoded'),
+      onRequest: requireMediaType('application/x-www-form-urlencoded', { noBodyAs: emptyForm }),
       preValidation: formChecks(TOKEN_FIELDS, (body) => {
         const grant = body.grant_type
         if (grant !== undefined && grant !== 'password' && grant !== 'refresh_token')
@@ -95,7 +108,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       schema: {
         summary: 'Log in (password grant) or refresh (refresh_token grant)',
         description:
-          'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). Errors have exactly error, error_description and detail.',
+          'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). Errors have exactly error, error_description and detail. The form must be UTF-8, raw and once %XX-decoded (400 invalid_request otherwise, never repaired); a charset other than utf-8 is 415. No body and no Content-Type is an empty form.',
         tags: ['auth'],
         consumes: ['application/x-www-form-urlencoded'],
         body: TokenForm,
@@ -117,7 +130,17 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
           throw new OAuthError('invalid_request', "Missing parameter 'refresh_token'")
         try {
           const issued = await app.sessions.refresh(body.refresh_token, body.scope)
-          app.audit.info({ event: 'refresh', outcome: 'success', userId: issued.claims.sub, ...audit })
+          // grace_reissue: a spent refresh token came back within REFRESH_REUSE_GRACE_SECONDS (two
+          // tabs, a retry) and got one more pair in its session; a second one revokes the session.
+          if (issued.graceReissue)
+            app.audit.info({
+              event: 'refresh',
+              outcome: 'grace_reissue',
+              userId: issued.claims.sub,
+              sessionId: issued.claims.sid,
+              ...audit,
+            })
+          else app.audit.info({ event: 'refresh', outcome: 'success', userId: issued.claims.sub, ...audit })
           return tokenResponse(issued)
         } catch (err) {
           if (err instanceof ReuseDetectedError)
@@ -128,7 +151,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
               sessionId: err.familyId,
               ...audit,
             })
-          else app.audit.info({ event: 'refresh', outcome: 'failure', ...audit })
+          else app.audit.info({ event: 'refresh', outcome: failureOutcome(err), ...audit })
           throw err
         }
       }
@@ -140,8 +163,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       try {
         user = await app.users.login(username, password, request.ip)
       } catch (err) {
-        const outcome = err instanceof TooManyAttemptsError ? 'throttled' : 'failure'
-        app.audit.info({ event: 'login', outcome, username: logged, ...audit })
+        app.audit.info({ event: 'login', outcome: failureOutcome(err), username: logged, ...audit })
         throw err
       }
       const scope = grantScope(user.roles, body.scope)
@@ -154,13 +176,13 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
   app.post(
     '/revoke',
     {
-      onRequest: requireMediaType('application/x-www-form-urlencoded'),
+      onRequest: requireMediaType('application/x-www-form-urlencoded', { noBodyAs: emptyForm }),
       preValidation: formChecks(REVOKE_FIELDS),
       config: { oauthErrors: true },
       schema: {
         summary: 'Revoke a refresh token or an access token (RFC 7009)',
         description:
-          'Answers 200 even for unknown or invalid tokens. Revoking a refresh token ends its whole session; revoking an access token also ends its session.',
+          'Answers 200 even for unknown or invalid tokens. Revoking a refresh token ends its whole session; revoking an access token also ends its session. No body and no Content-Type is an empty form (400 invalid_request, missing token); a form that is not UTF-8 is 400 invalid_request; a charset other than utf-8 is 415.',
         tags: ['auth'],
         consumes: ['application/x-www-form-urlencoded'],
         body: RevokeForm,
@@ -195,6 +217,18 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       return reply.code(204).send(null)
     },
   )
+}
+
+/**
+ * How a grant that did not succeed is audited: `failure` only when the credentials were checked
+ * and wrong (or the grant itself was refused); `throttled` when the lockout refused it before any
+ * check; `unavailable` when the server shed it or a store could not be reached (nothing was
+ * checked, so it says nothing about the credentials); `error` for anything unexpected.
+ */
+function failureOutcome(err: unknown): 'failure' | 'throttled' | 'unavailable' | 'error' {
+  if (err instanceof TooManyAttemptsError) return 'throttled'
+  if (err instanceof ServerBusyError || err instanceof StoreUnavailableError) return 'unavailable'
+  return err instanceof ApiError ? 'failure' : 'error'
 }
 
 function tokenResponse(issued: { accessToken: string; refreshToken: string; expiresIn: number; scope: string }) {

@@ -56,11 +56,20 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: [app.authenticate, requireMediaType('application/json')],
       schema: {
         summary: 'Delete your account',
-        description: 'Needs your password. The account and all its tokens are gone; the username becomes free.',
+        description:
+          'Needs your password. The account and all its tokens are gone; the username becomes free. 409 when you are the last enabled administrator; nothing is deleted then.',
         tags: ['users'],
         security: BEARER_SECURITY,
         body: PasswordConfirmBody,
-        response: { 204: NoContent, 400: Detail, 401: Detail, 415: Detail, 422: ValidationErrorBody, 429: Detail },
+        response: {
+          204: NoContent,
+          400: Detail,
+          401: Detail,
+          409: Detail,
+          415: Detail,
+          422: ValidationErrorBody,
+          429: Detail,
+        },
       },
     },
     async (request, reply) => {

@@ -84,9 +84,29 @@ export class PasswordHasher {
   /** True when the password matches. A missing hash (unknown user) compares against a dummy hash of
    * the same cost, so that "no such user" and "wrong password" take the same time. */
   async verify(password: string, hash: string | undefined): Promise<boolean> {
+    return (await this.check(password, hash)).ok
+  }
+
+  /**
+   * Compares `password` with `hash` (a missing hash: the dummy hash). `needsRehash` is true when it
+   * matched but the hash was made with another cost or bcrypt version than configured: the caller
+   * re-hashes it. A failed compare against a hash cheaper than the configured cost is followed by a
+   * compare against the dummy hash, so that a wrong password never answers faster than an unknown
+   * user would (otherwise old accounts could be told apart by timing until their next login).
+   */
+  async check(password: string, hash: string | undefined): Promise<{ ok: boolean; needsRehash: boolean }> {
     const target = hash ?? (await this.dummyHash())
     const ok = await this.#gated(() => bcrypt.compare(password, target))
-    return ok && hash !== undefined
+    if (hash === undefined) return { ok: false, needsRehash: false }
+    const current = isCurrent(hash, this.#rounds)
+    if (!ok) {
+      if (costOf(hash) < this.#rounds) {
+        const dummy = await this.dummyHash()
+        await this.#gated(() => bcrypt.compare(password, dummy))
+      }
+      return { ok: false, needsRehash: false }
+    }
+    return { ok: true, needsRehash: !current }
   }
 
   /** Starts computing the dummy hash (call at boot, off the path to the first request). */
@@ -119,6 +139,49 @@ export class PasswordHasher {
   #retryAfterSeconds(): number {
     return Math.max(1, Math.ceil(((this.#gate.queued + 1) * this.#avgHashMs) / 1000))
   }
+}
+
+/**
+ * RFC 8265 §4.2 (the OpaqueString profile of the PRECIS FreeformClass, RFC 8264 §4.3): the one
+ * preparation every password goes through, before it is hashed and before it is compared, so that
+ * the same password typed on two platforms is the same bytes for bcrypt.
+ * - Additional mapping: every non-ASCII space (Unicode Zs) becomes U+0020.
+ * - Normalisation: NFC (a keyboard that sends `u` + U+0308 and one that sends `ü` agree).
+ * - No width or case mapping (the profile has none: case stays significant).
+ * - Refused (the FreeformClass disallows them): control characters (Cc, NUL included), lone
+ *   surrogates (Cs), unassigned code points (Cn), default-ignorable code points and non-characters,
+ *   and conjoining Old Hangul Jamo; and an empty result.
+ * Written by hand: no maintained npm package implements PRECIS (saslprep implements RFC 4013,
+ * the stringprep profile PRECIS replaced, with NFKC and other mappings).
+ * Returns the prepared password, or the reason it cannot be one.
+ */
+export function preparePassword(raw: string): { password: string } | { problem: string } {
+  const password = raw.replace(NON_ASCII_SPACE, ' ').normalize('NFC')
+  if (password.length === 0) return { problem: 'must not be empty' }
+  if (CONTROL.test(password)) return { problem: 'must not contain control characters' }
+  if (DISALLOWED.test(password))
+    return { problem: 'must not contain unassigned, invisible or non-character code points' }
+  return { password }
+}
+
+const NON_ASCII_SPACE = /(?!\x20)\p{Zs}/gu
+const CONTROL = /\p{Cc}/u
+// Cs only matches lone surrogates in a /u regex (a valid pair is one code point).
+const DISALLOWED =
+  /[\p{Cs}\p{Cn}\p{Default_Ignorable_Code_Point}\p{Noncharacter_Code_Point}\u1100-\u11FF\uA960-\uA97F\uD7B0-\uD7FF]/u
+
+/** The hash's cost factor (log2 rounds), or 0 when it is not a bcrypt hash we can read. */
+function costOf(hash: string): number {
+  try {
+    return bcrypt.getRounds(hash)
+  } catch {
+    return 0
+  }
+}
+
+/** The variant this library writes today ($2b$) at the configured cost. */
+function isCurrent(hash: string, rounds: number): boolean {
+  return hash.startsWith('$2b$') && costOf(hash) === rounds
 }
 
 /** The byte length bcrypt sees. */

@@ -22,17 +22,33 @@ export function preloadCommonPasswords(): void {
   commonPasswords()
 }
 
-/** Returns the problems with `password` as a new password for `username`; empty when it is fine. */
-export function passwordProblems(password: string, username: string | undefined, minLength: number): string[] {
+/** What a new password must not equal (case-insensitively): the account's own details. */
+export interface AccountDetails {
+  username?: string
+  email?: string | null
+}
+
+/**
+ * The problems with `password` (already prepared: see preparePassword) as a new password for the
+ * account; empty when it is fine. Lengths count the prepared form: code points for the minimum,
+ * UTF-8 bytes for bcrypt's 72-byte maximum.
+ */
+export function passwordProblems(password: string, account: AccountDetails, minLength: number): string[] {
   const problems: string[] = []
   if ([...password].length < minLength) problems.push(`must be at least ${minLength} characters`)
   if (utf8Length(password) > BCRYPT_MAX_BYTES)
     problems.push(
       `must be at most ${BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt ignores every byte past 72, so longer passwords are refused rather than truncated)`,
     )
-  if (password.includes('\0')) problems.push('must not contain a NUL character')
-  if (username !== undefined && password.toLowerCase() === username.toLowerCase())
+  const lower = password.toLowerCase()
+  if (account.username !== undefined && lower === account.username.toLowerCase())
     problems.push('must not be the same as the username')
-  if (commonPasswords().has(password.toLowerCase())) problems.push('is too common; choose a less guessable password')
+  if (account.email) {
+    const email = account.email.toLowerCase()
+    const at = email.lastIndexOf('@')
+    if (lower === email || (at > 0 && lower === email.slice(0, at)))
+      problems.push('must not be the same as the e-mail address or its local part')
+  }
+  if (commonPasswords().has(lower)) problems.push('is too common; choose a less guessable password')
   return problems
 }

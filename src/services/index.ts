@@ -41,8 +41,14 @@ export function createServices(
   const tokens = new TokenService(config.jwt)
   const sessions = new SessionService(stores.sessions, stores.users, stores.denylist, config.jwt, tokens)
   const throttle = new LoginThrottle(stores.counters, config.throttle)
-  const users = new UserService(stores.users, hasher, throttle, sessions, config.password.minLength, (username, ip) =>
-    audit.warn({ event: 'lockout', username: username.slice(0, 64), ip }),
+  const users = new UserService(
+    stores.users,
+    hasher,
+    throttle,
+    sessions,
+    config.password.minLength,
+    (username, ip) => audit.warn({ event: 'lockout', username: username.slice(0, 64), ip }),
+    log,
   )
 
   // Refresh families past their absolute lifetime can never work again: forget them.

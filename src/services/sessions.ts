@@ -4,9 +4,9 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { Config } from '../config.js'
 import { InvalidTokenError, OAuthError, ReuseDetectedError } from '../errors.js'
 import type { AccessClaims, TokenService } from '../security/tokens.js'
-import type { DenyList, SessionStore } from '../store/sessions.js'
+import type { DenyList, NewRefreshToken, RefreshTokenRecord, SessionStore } from '../store/sessions.js'
 import type { UserRecord, UserStore } from '../store/users.js'
-import { allowedScopes, type Scope } from './scopes.js'
+import { refreshScope } from './scopes.js'
 
 export interface IssuedTokens {
   accessToken: string
@@ -14,6 +14,8 @@ export interface IssuedTokens {
   expiresIn: number
   scope: string
   claims: AccessClaims
+  /** True when a refresh was served by the reuse grace (a spent token presented again): for the audit log. */
+  graceReissue?: boolean
 }
 
 /** Refresh tokens are opaque: a prefix (so scanners and humans can tell them apart) and 256 random bits. */
@@ -90,6 +92,13 @@ export class SessionService {
    * grant_type=refresh_token: rotates the refresh token. A token that was already rotated is reuse:
    * the whole family is revoked (the legitimate holder's current token dies too) → invalid_grant.
    * `requestedScope`, if given, may only narrow the family's scope (RFC 6749 §6).
+   *
+   * The reuse grace (jwt.refreshReuseGraceSeconds; 0 turns it off): a token presented again within
+   * that many seconds of its rotation, the first time, is taken for a concurrent refresh (a second
+   * tab, a retry after a lost answer), not for theft: it gets a new pair in the same session and
+   * nothing is revoked. The same when rotate() loses a race against a refresh with the same token.
+   * Every other check (lifetimes, user, scope) applies as to any refresh. A second reuse, or one
+   * after the grace, revokes the family as above.
    */
   async refresh(refreshToken: string, requestedScope: string | undefined): Promise<IssuedTokens> {
     const invalid = () => new OAuthError('invalid_grant', 'Invalid refresh token')
@@ -99,10 +108,11 @@ export class SessionService {
     const { token, family } = found
     const now = Date.now()
     if (family.revoked) throw invalid()
-    if (token.rotated) {
+    const reuse = async () => {
       await this.revokeSession(family.id)
-      throw new ReuseDetectedError(family.id, family.userId)
+      return new ReuseDetectedError(family.id, family.userId)
     }
+    if (token.rotated && !this.#mayReissue(token, now)) throw await reuse()
     if (token.expiresAt.getTime() <= now || family.absoluteExpiresAt.getTime() <= now) throw invalid()
     const user = await this.users.findById(family.userId)
     if (!user || user.disabled) {
@@ -110,29 +120,26 @@ export class SessionService {
       throw invalid()
     }
     // The scope can only shrink: what the family was granted, within what the roles allow today.
-    const allowed = allowedScopes(user.roles)
-    const familyScopes = family.scope.split(' ').filter((s) => allowed.includes(s as Scope))
-    let scopes = familyScopes
-    if (requestedScope !== undefined) {
-      const requested = requestedScope.split(' ').filter(Boolean)
-      if (requested.some((s) => !familyScopes.includes(s)))
-        throw new OAuthError('invalid_scope', 'The requested scope exceeds the scope granted')
-      scopes = requested
-    }
-    if (scopes.length === 0) throw new OAuthError('invalid_scope', 'No scope left to grant')
+    const scope = refreshScope(family.scope, user.roles, requestedScope)
     const next = REFRESH_PREFIX + randomBytes(32).toString('base64url')
-    const rotated = await this.sessions.rotate(family.id, token.hash, {
+    const nextRecord = {
       hash: hashToken(next),
       expiresAt: this.#refreshExpiry(now, family.absoluteExpiresAt.getTime()),
-    })
-    if (!rotated) {
-      // Someone presented the same token concurrently: one of the two is not the legitimate holder.
-      await this.revokeSession(family.id)
-      throw new ReuseDetectedError(family.id, family.userId)
     }
-    const scope = scopes.join(' ')
+    // Not rotated when read but rotate() says false: a concurrent refresh with the same token
+    // rotated it a moment ago, which is the grace case too (or the family was just revoked, which
+    // the grace refuses as well).
+    const graceReissue = token.rotated || !(await this.sessions.rotate(family.id, token.hash, nextRecord))
+    if (graceReissue && !(await this.#reissueWithinGrace(family.id, token.hash, nextRecord))) throw await reuse()
     const { accessToken, claims } = this.#issueAccessToken(user, scope, family.id)
-    return { accessToken, refreshToken: next, expiresIn: this.jwt.accessTokenTtlSeconds, scope, claims }
+    return {
+      accessToken,
+      refreshToken: next,
+      expiresIn: this.jwt.accessTokenTtlSeconds,
+      scope,
+      claims,
+      graceReissue,
+    }
   }
 
   /** Revokes a session: its refresh tokens stop working, and so do its access tokens (by `sid`). */
@@ -193,6 +200,19 @@ export class SessionService {
   /** Every access token of this generation of the user stops working (roles changed). */
   async denyGeneration(userId: string, tokenVersion: number): Promise<void> {
     await this.denylist.add(deniedGeneration(userId, tokenVersion), this.#lastAccessExpiry())
+  }
+
+  /** A rotated token may still get its one grace re-issue: rotated within the grace, grace unused. */
+  #mayReissue(token: RefreshTokenRecord, now: number): boolean {
+    const graceMs = this.jwt.refreshReuseGraceSeconds * 1000
+    return graceMs > 0 && !token.graceUsed && token.rotatedAt !== null && token.rotatedAt.getTime() >= now - graceMs
+  }
+
+  /** The store's atomic re-issue, measured from now; false at once when the grace is off. */
+  async #reissueWithinGrace(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
+    const graceMs = this.jwt.refreshReuseGraceSeconds * 1000
+    if (graceMs === 0) return false
+    return this.sessions.reissueWithinGrace(familyId, oldHash, next, new Date(Date.now() - graceMs))
   }
 
   #refreshExpiry(now: number, absoluteExpiry: number): Date {

@@ -10,8 +10,8 @@ import {
   ValidationError,
 } from '../errors.js'
 import { USERNAME_PATTERN } from '../schemas.js'
-import { BCRYPT_MAX_BYTES, type PasswordHasher, utf8Length } from '../security/password.js'
-import { passwordProblems } from '../security/policy.js'
+import { BCRYPT_MAX_BYTES, type PasswordHasher, preparePassword, utf8Length } from '../security/password.js'
+import { type AccountDetails, passwordProblems } from '../security/policy.js'
 import type { ListQuery, Role, UserRecord, UserStore } from '../store/users.js'
 import type { SessionService } from './sessions.js'
 import type { LoginThrottle } from './throttle.js'
@@ -25,6 +25,13 @@ export interface Registration {
   passwordField?: string
 }
 
+interface Verified {
+  ok: boolean
+  needsRehash: boolean
+  /** The prepared password ('' when it could not be prepared). */
+  prepared: string
+}
+
 export class UserService {
   constructor(
     private readonly store: UserStore,
@@ -34,6 +41,8 @@ export class UserService {
     private readonly passwordMinLength: number,
     /** Told about each lockout (audit). */
     private readonly onLockout: (username: string, ip: string) => void = () => {},
+    /** Where background failures (a re-hash that could not be stored) are reported. */
+    private readonly log: { warn(obj: object, msg: string): void } = { warn: () => {} },
   ) {}
 
   /**
@@ -47,10 +56,10 @@ export class UserService {
     roles = ['user'],
     passwordField = 'password',
   }: Registration): Promise<UserRecord> {
-    this.#checkNewPassword(password, username, passwordField)
+    const prepared = this.#newPassword(password, { username, email }, passwordField)
     // Cheap early answer before paying for bcrypt; the store re-checks atomically on insert.
     if (await this.store.findByUsername(username)) throw new UsernameTakenError()
-    const passwordHash = await this.hasher.hash(password)
+    const passwordHash = await this.hasher.hash(prepared)
     const created = await this.store.create({
       id: randomUUID(),
       username,
@@ -68,24 +77,27 @@ export class UserService {
    * (429 before any password is checked). Every failure costs one bcrypt compare: an unknown or
    * impossible username compares against a dummy hash of the same cost, so the answer and its
    * timing are the same as for a wrong password. A disabled account answers its right password
-   * like a wrong one.
+   * like a wrong one. A password that cannot be prepared (control characters) is a wrong one too,
+   * after the same compare: the login path never tells "malformed" from "wrong". A right password
+   * whose hash has another cost than configured is re-hashed in the background.
    */
   async login(username: string, password: string, ip: string): Promise<UserRecord> {
     const attempt = await this.throttle.begin(username, ip)
     let user: UserRecord | undefined
-    let ok: boolean
+    let result: Verified
     try {
       user = USERNAME_PATTERN.test(username) ? await this.store.findByUsername(username) : undefined
-      ok = await this.#verify(password, user?.passwordHash)
+      result = await this.#verify(password, user?.passwordHash)
     } catch (err) {
       await this.throttle.cancelled(attempt)
       throw err
     }
-    if (!ok || !user || user.disabled) {
+    if (!result.ok || !user || user.disabled) {
       if (await this.throttle.failed(attempt)) this.onLockout(username, ip)
       throw invalidGrant()
     }
     await this.throttle.succeeded(attempt)
+    if (result.needsRehash) void this.#rehash(user, result.prepared)
     return user
   }
 
@@ -94,7 +106,7 @@ export class UserService {
     const attempt = await this.throttle.begin(user.username, ip)
     let ok: boolean
     try {
-      ok = await this.#verify(password, user.passwordHash)
+      ;({ ok } = await this.#verify(password, user.passwordHash))
     } catch (err) {
       await this.throttle.cancelled(attempt)
       throw err
@@ -112,9 +124,9 @@ export class UserService {
    * (PasswordIncorrectError).
    */
   async changePassword(user: UserRecord, current: string, next: string, ip: string): Promise<void> {
-    this.#checkNewPassword(next, user.username, 'new_password')
+    const prepared = this.#newPassword(next, user, 'new_password')
     await this.confirmPassword(user, current, ip)
-    const passwordHash = await this.hasher.hash(next)
+    const passwordHash = await this.hasher.hash(prepared)
     const updated = await this.store.update(user.id, { passwordHash, bumpTokenVersion: true })
     if (!updated) throw new NotFoundError()
     await this.sessions.endAllSessions(user.id, updated.tokenVersion - 1)
@@ -125,9 +137,13 @@ export class UserService {
     await this.delete(user.id)
   }
 
+  /**
+   * Deletes the account (admin or self-deletion). LastAdminError (409) when it is the last enabled
+   * admin: nothing is deleted and no session ends.
+   */
   async delete(id: string): Promise<void> {
     const user = await this.store.findById(id)
-    if (!user || !(await this.store.delete(id))) throw new NotFoundError()
+    if (!user || !(await this.store.delete(id, { keepAnAdmin: true }))) throw new NotFoundError()
     await this.sessions.endAllSessions(id, user.tokenVersion)
   }
 
@@ -143,11 +159,13 @@ export class UserService {
 
   /**
    * Admin changes. Disabling, or changing roles, invalidates the user's access tokens (their scope
-   * or their right to exist changed); disabling also ends every session.
+   * or their right to exist changed); disabling also ends every session. LastAdminError (409) when
+   * the change would leave no enabled admin: checked by the store atomically with the write, and
+   * then nothing changes (no generation bump, no session ended).
    */
   async patch(id: string, changes: { disabled?: boolean; roles?: readonly Role[] }): Promise<UserRecord> {
     const bump = changes.disabled === true || changes.roles !== undefined
-    const updated = await this.store.update(id, { ...changes, bumpTokenVersion: bump })
+    const updated = await this.store.update(id, { ...changes, bumpTokenVersion: bump }, { keepAnAdmin: true })
     if (!updated) throw new NotFoundError()
     if (changes.disabled) await this.sessions.endAllSessions(id, updated.tokenVersion - 1)
     else if (bump) await this.sessions.denyGeneration(id, updated.tokenVersion - 1)
@@ -160,7 +178,7 @@ export class UserService {
     if (existing) {
       // Only an account that already has this password is promoted: otherwise whoever registered
       // the name first would become admin.
-      if (!(await this.#verify(password, existing.passwordHash)))
+      if (!(await this.#verify(password, existing.passwordHash)).ok)
         throw new AdminSetupError('ADMIN_USERNAME: the account exists with another password; it was not promoted')
       const roles = existing.roles.includes('admin') ? existing.roles : [...existing.roles, 'admin' as const]
       const user = await this.store.update(existing.id, { roles, disabled: false })
@@ -168,25 +186,51 @@ export class UserService {
     }
     if (!USERNAME_PATTERN.test(username))
       throw new AdminSetupError('ADMIN_USERNAME: does not follow the username rules')
-    const problems = this.#policyProblems(password, username)
+    const problems = this.newPasswordProblems(password, { username })
     if (problems.length > 0) throw new AdminSetupError(`ADMIN_PASSWORD: ${problems.join('; ')}`)
     return { user: await this.register({ username, email: null, password, roles: ['user', 'admin'] }), created: true }
   }
 
-  /** The password policy, the one place it is applied: every new password (registration, change, boot admin). */
-  #policyProblems(password: string, username: string): string[] {
-    return passwordProblems(password, username, this.passwordMinLength)
+  /**
+   * The password policy, its one home: what is wrong with `raw` as a new password for the account,
+   * after preparation (RFC 8265 OpaqueString); empty when it is fine. Every new password goes
+   * through it (registration, password change, the boot admin); the registration schema also calls
+   * it, so that one 422 lists the password's problems next to the other fields'.
+   */
+  newPasswordProblems(raw: string, account: AccountDetails): string[] {
+    const prepared = preparePassword(raw)
+    if ('problem' in prepared) return [prepared.problem]
+    return passwordProblems(prepared.password, account, this.passwordMinLength)
   }
 
-  /** ValidationError (422) on `field` listing every policy problem of a new password. */
-  #checkNewPassword(password: string, username: string, field: string): void {
-    const problems = this.#policyProblems(password, username)
+  /** A new password, prepared and checked against the policy; ValidationError (422) on `field` otherwise. */
+  #newPassword(raw: string, account: AccountDetails, field: string): string {
+    const problems = this.newPasswordProblems(raw, account)
     if (problems.length > 0) throw new ValidationError(problems.map((message) => ({ field, message })))
+    return (preparePassword(raw) as { password: string }).password
   }
 
-  /** bcrypt would truncate a longer password and let a 73-byte variant of a 72-byte one in. */
-  #verify(password: string, hash: string | undefined): Promise<boolean> {
-    const usable = utf8Length(password) <= BCRYPT_MAX_BYTES && !password.includes('\0')
-    return this.hasher.verify(usable ? password : '', usable ? hash : undefined)
+  /**
+   * Checks a presented password against a stored hash (undefined: the dummy hash), after the same
+   * preparation as at registration. A password that cannot be prepared, or is longer than bcrypt
+   * reads (it would be truncated, letting a 73-byte variant of a 72-byte password in), costs the
+   * same one compare and fails.
+   */
+  async #verify(raw: string, hash: string | undefined): Promise<Verified> {
+    const prepared = preparePassword(raw)
+    const usable = 'password' in prepared && utf8Length(prepared.password) <= BCRYPT_MAX_BYTES
+    const password = usable ? prepared.password : ''
+    const { ok, needsRehash } = await this.hasher.check(password, usable ? hash : undefined)
+    return { ok, needsRehash, prepared: password }
+  }
+
+  /** Stores a hash of the configured cost for a password just proven right; after the response. */
+  async #rehash(user: UserRecord, prepared: string): Promise<void> {
+    try {
+      const next = await this.hasher.hash(prepared)
+      await this.store.replacePasswordHash(user.id, user.passwordHash, next)
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, userId: user.id }, 'password re-hash not stored')
+    }
   }
 }

@@ -2,7 +2,7 @@
 // lookup every authenticated request makes. Changes made through this instance invalidate at once;
 // changes made by another instance are seen after at most `ttlMs`, and what must take effect
 // sooner (a password change, a disable, a deletion) also goes through the shared denylist.
-import type { ListQuery, NewUser, UserPatch, UserRecord, UserStore } from './users.js'
+import type { ListQuery, NewUser, UserPatch, UserRecord, UserStore, WriteOptions } from './users.js'
 
 export class CachedUserStore implements UserStore {
   readonly #entries = new Map<string, { record: UserRecord | undefined; expiresAt: number }>()
@@ -32,19 +32,28 @@ export class CachedUserStore implements UserStore {
     return this.inner.create(user)
   }
 
-  async update(id: string, patch: UserPatch): Promise<UserRecord | undefined> {
+  async update(id: string, patch: UserPatch, options?: WriteOptions): Promise<UserRecord | undefined> {
     this.#entries.delete(id)
     try {
-      return await this.inner.update(id, patch)
+      return await this.inner.update(id, patch, options)
     } finally {
       this.#entries.delete(id)
     }
   }
 
-  async delete(id: string): Promise<boolean> {
+  async replacePasswordHash(id: string, expected: string, next: string): Promise<boolean> {
     this.#entries.delete(id)
     try {
-      return await this.inner.delete(id)
+      return await this.inner.replacePasswordHash(id, expected, next)
+    } finally {
+      this.#entries.delete(id)
+    }
+  }
+
+  async delete(id: string, options?: WriteOptions): Promise<boolean> {
+    this.#entries.delete(id)
+    try {
+      return await this.inner.delete(id, options)
     } finally {
       this.#entries.delete(id)
     }

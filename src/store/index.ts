@@ -38,6 +38,8 @@ export async function openStores(config: Config, log: FastifyBaseLogger): Promis
     const { createPgPool, PostgresDenyList, PostgresSessionStore, PostgresUserStore } = await import('./postgres.js')
     const { migrate } = await import('./migrate.js')
     pool = createPgPool(storage.databaseUrl as string, {
+      connectionTimeoutMillis: storage.timeoutMs,
+      queryTimeoutMs: storage.timeoutMs,
       onError: (err) => log.warn({ err: err.message }, 'postgres connection error'),
     })
     if (storage.migrateOnStart) {
@@ -54,6 +56,7 @@ export async function openStores(config: Config, log: FastifyBaseLogger): Promis
   if (storage.redisUrl) {
     const { createRedis, RedisCounterStore, RedisDenyList } = await import('./redis.js')
     redis = createRedis(storage.redisUrl, {
+      timeoutMs: storage.timeoutMs,
       onError: (err) => log.debug({ err: err.message }, 'redis connection error'),
     })
     const redisCounters = new RedisCounterStore(redis, { prefix: storage.redisPrefix })

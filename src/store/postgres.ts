@@ -2,7 +2,7 @@
 // same interfaces as the in-memory ones. Every query is parameterised. A database that cannot be
 // reached becomes StoreUnavailableError('postgres') (a quick 503), never a hang or a 500.
 import pg from 'pg'
-import { StoreUnavailableError } from '../errors.js'
+import { LastAdminError, StoreUnavailableError } from '../errors.js'
 import {
   type DenyList,
   MemoryDenyList,
@@ -12,13 +12,16 @@ import {
   type SessionStore,
 } from './sessions.js'
 import {
+  isEnabledAdmin,
   type ListQuery,
   type NewUser,
   normaliseUsername,
+  patchMayRemoveAdmin,
   type Role,
   type UserPatch,
   type UserRecord,
   type UserStore,
+  type WriteOptions,
 } from './users.js'
 
 export interface PgPoolOptions {
@@ -28,7 +31,7 @@ export interface PgPoolOptions {
   max?: number
   /** How long to wait for a connection, from the pool or from the server (default 2000 ms). */
   connectionTimeoutMillis?: number
-  /** Client-side and server-side limit on each statement (default 5000 ms). */
+  /** Client-side and server-side limit on each statement (default 2000 ms). */
   queryTimeoutMs?: number
   /** Shown in pg_stat_activity (default 'fastify-auth-server'). */
   applicationName?: string
@@ -48,7 +51,7 @@ export function createPgPool(url: string, options: PgPoolOptions = {}): pg.Pool 
   if (options.schema !== undefined && !SCHEMA_NAME.test(options.schema)) {
     throw new Error('invalid schema name: letters, digits and _ only, not starting with a digit')
   }
-  const queryTimeoutMs = options.queryTimeoutMs ?? 5_000
+  const queryTimeoutMs = options.queryTimeoutMs ?? 2_000
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 10,
@@ -191,6 +194,30 @@ function toUser(row: UserRow): UserRecord {
   })
 }
 
+/**
+ * The last-admin check of update and delete with keepAnAdmin, inside their transaction: one
+ * statement locks the user `id` (about to lose its admin status, or be deleted) together with every
+ * enabled admin. False when that user does not exist; LastAdminError when it is the only enabled
+ * admin. A concurrent change of the admins waits for these locks, and then no longer counts a row
+ * this one changed (READ COMMITTED re-checks the WHERE of a row it waited for, and returns its
+ * new version). The rows are locked in id order, in one statement, so that concurrent callers
+ * queue instead of deadlocking: a row that failed that re-check stays locked, so a second
+ * statement taking more locks could wait for a caller that waits for it.
+ */
+async function lockKeepingAnAdmin(client: pg.PoolClient, id: string): Promise<boolean> {
+  const { rows } = await client.query<{ id: string; roles: Role[]; disabled: boolean }>(
+    `SELECT id, roles, disabled FROM users
+     WHERE id = $1 OR ('admin' = ANY(roles) AND NOT disabled)
+     ORDER BY id
+     FOR UPDATE`,
+    [id],
+  )
+  const target = rows.find((row) => row.id === id)
+  if (!target) return false
+  if (isEnabledAdmin(target) && !rows.some((row) => row.id !== id && isEnabledAdmin(row))) throw new LastAdminError()
+  return true
+}
+
 export class PostgresUserStore implements UserStore {
   readonly #pool: pg.Pool
   readonly #ownsPool: boolean
@@ -237,32 +264,54 @@ export class PostgresUserStore implements UserStore {
     return rows[0] && toUser(rows[0])
   }
 
-  async update(id: string, patch: UserPatch): Promise<UserRecord | undefined> {
+  async update(id: string, patch: UserPatch, options: WriteOptions = {}): Promise<UserRecord | undefined> {
     if (!isUuid(id)) return undefined
     // One statement for every patch shape: a NULL parameter keeps the column as it is.
-    const { rows } = await query<UserRow>(
-      this.#pool,
-      `UPDATE users SET
+    const text = `UPDATE users SET
          password_hash = COALESCE($2, password_hash),
          roles = COALESCE($3::text[], roles),
          disabled = COALESCE($4, disabled),
          token_version = token_version + $5
        WHERE id = $1
-       RETURNING ${USER_COLUMNS}`,
-      [
-        id,
-        patch.passwordHash ?? null,
-        patch.roles ? [...patch.roles] : null,
-        patch.disabled ?? null,
-        patch.bumpTokenVersion ? 1 : 0,
-      ],
-    )
-    return rows[0] && toUser(rows[0])
+       RETURNING ${USER_COLUMNS}`
+    const values = [
+      id,
+      patch.passwordHash ?? null,
+      patch.roles ? [...patch.roles] : null,
+      patch.disabled ?? null,
+      patch.bumpTokenVersion ? 1 : 0,
+    ]
+    if (!options.keepAnAdmin || !patchMayRemoveAdmin(patch)) {
+      const { rows } = await query<UserRow>(this.#pool, text, values)
+      return rows[0] && toUser(rows[0])
+    }
+    return transaction(this.#pool, async (client) => {
+      if (!(await lockKeepingAnAdmin(client, id))) return undefined
+      const { rows } = await client.query<UserRow>(text, values)
+      return rows[0] && toUser(rows[0])
+    })
   }
 
-  async delete(id: string): Promise<boolean> {
+  async delete(id: string, options: WriteOptions = {}): Promise<boolean> {
     if (!isUuid(id)) return false
-    const { rowCount } = await query(this.#pool, 'DELETE FROM users WHERE id = $1', [id])
+    if (!options.keepAnAdmin) {
+      const { rowCount } = await query(this.#pool, 'DELETE FROM users WHERE id = $1', [id])
+      return rowCount === 1
+    }
+    return transaction(this.#pool, async (client) => {
+      if (!(await lockKeepingAnAdmin(client, id))) return false
+      const { rowCount } = await client.query('DELETE FROM users WHERE id = $1', [id])
+      return rowCount === 1
+    })
+  }
+
+  async replacePasswordHash(id: string, expected: string, next: string): Promise<boolean> {
+    if (!isUuid(id)) return false
+    const { rowCount } = await query(
+      this.#pool,
+      'UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2',
+      [id, expected, next],
+    )
     return rowCount === 1
   }
 
@@ -305,11 +354,32 @@ interface TokenRow {
   family_id: string
   expires_at: Date
   rotated: boolean
+  rotated_at: Date | null
+  grace_used: boolean
   user_id: string
   scope: string
   created_at: Date
   absolute_expires_at: Date
   revoked: boolean
+}
+
+/** Locks the family's row until the transaction ends; false when it is unknown or revoked. */
+async function lockLiveFamily(client: pg.PoolClient, familyId: string): Promise<boolean> {
+  const { rows } = await client.query<{ revoked: boolean }>(
+    'SELECT revoked FROM refresh_families WHERE id = $1 FOR UPDATE',
+    [familyId],
+  )
+  return rows[0] !== undefined && !rows[0].revoked
+}
+
+/** Adds a token (not rotated) to a family whose row the transaction has locked; it is the newest. */
+async function addFamilyToken(client: pg.PoolClient, familyId: string, token: NewRefreshToken): Promise<void> {
+  await client.query('INSERT INTO refresh_tokens (hash, family_id, expires_at) VALUES ($1, $2, $3)', [
+    token.hash,
+    familyId,
+    token.expiresAt,
+  ])
+  await client.query('UPDATE refresh_families SET current_hash = $2 WHERE id = $1', [familyId, token.hash])
 }
 
 export class PostgresSessionStore implements SessionStore {
@@ -341,7 +411,7 @@ export class PostgresSessionStore implements SessionStore {
   async findToken(hash: string): Promise<{ token: RefreshTokenRecord; family: RefreshFamily } | undefined> {
     const { rows } = await query<TokenRow>(
       this.#pool,
-      `SELECT t.hash, t.family_id, t.expires_at, t.rotated,
+      `SELECT t.hash, t.family_id, t.expires_at, t.rotated, t.rotated_at, t.grace_used,
               f.user_id, f.scope, f.created_at, f.absolute_expires_at, f.revoked
        FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
        WHERE t.hash = $1`,
@@ -350,7 +420,14 @@ export class PostgresSessionStore implements SessionStore {
     const row = rows[0]
     if (!row) return undefined
     return {
-      token: { hash: row.hash, familyId: row.family_id, expiresAt: row.expires_at, rotated: row.rotated },
+      token: {
+        hash: row.hash,
+        familyId: row.family_id,
+        expiresAt: row.expires_at,
+        rotated: row.rotated,
+        rotatedAt: row.rotated_at,
+        graceUsed: row.grace_used,
+      },
       family: {
         id: row.family_id,
         userId: row.user_id,
@@ -364,25 +441,39 @@ export class PostgresSessionStore implements SessionStore {
 
   async rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
     return transaction(this.#pool, async (client) => {
-      // The row lock makes concurrent refreshes of one family take turns: the second one sees the
-      // first one's new current_hash and gets false (then the service treats it as reuse).
-      const family = await client.query<{ revoked: boolean; current_hash: string }>(
-        'SELECT revoked, current_hash FROM refresh_families WHERE id = $1 FOR UPDATE',
-        [familyId],
-      )
-      const row = family.rows[0]
-      if (!row || row.revoked || row.current_hash !== oldHash) return false
+      // The family's row lock makes concurrent refreshes of one family take turns: the second one
+      // finds the token rotated and gets false (then the service tries the reuse grace). The token
+      // itself is checked, not current_hash: after a grace re-issue the family has two tokens that
+      // may still rotate (migrations/002_refresh_reuse_grace.sql).
+      if (!(await lockLiveFamily(client, familyId))) return false
+      // rotated_at on the application's clock, the one the service measures the grace by.
       const old = await client.query(
-        'UPDATE refresh_tokens SET rotated = true WHERE hash = $1 AND family_id = $2 AND NOT rotated',
-        [oldHash, familyId],
+        'UPDATE refresh_tokens SET rotated = true, rotated_at = $3 WHERE hash = $1 AND family_id = $2 AND NOT rotated',
+        [oldHash, familyId, new Date()],
       )
       if (old.rowCount !== 1) return false
-      await client.query('INSERT INTO refresh_tokens (hash, family_id, expires_at) VALUES ($1, $2, $3)', [
-        next.hash,
-        familyId,
-        next.expiresAt,
-      ])
-      await client.query('UPDATE refresh_families SET current_hash = $2 WHERE id = $1', [familyId, next.hash])
+      await addFamilyToken(client, familyId, next)
+      return true
+    })
+  }
+
+  async reissueWithinGrace(
+    familyId: string,
+    oldHash: string,
+    next: NewRefreshToken,
+    rotatedAfter: Date,
+  ): Promise<boolean> {
+    return transaction(this.#pool, async (client) => {
+      // The same lock as rotate(): re-issues, rotations and revocations of one family take turns,
+      // and of two concurrent re-issues of one token the second finds grace_used and gets false.
+      if (!(await lockLiveFamily(client, familyId))) return false
+      const old = await client.query(
+        `UPDATE refresh_tokens SET grace_used = true
+         WHERE hash = $1 AND family_id = $2 AND rotated AND NOT grace_used AND rotated_at >= $3`,
+        [oldHash, familyId, rotatedAfter],
+      )
+      if (old.rowCount !== 1) return false
+      await addFamilyToken(client, familyId, next)
       return true
     })
   }

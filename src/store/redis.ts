@@ -14,19 +14,21 @@ export interface RedisClientOptions {
   connectionName?: string
   /** Connection errors (refused, reset...), emitted on every failed reconnect; ignored when omitted. */
   onError?: (err: Error) => void
+  /** How long a connection attempt or one command may take (default 2000 ms). */
+  timeoutMs?: number
 }
 
 /**
  * A client that fails commands at once while disconnected (no offline queue, one retry), gives up
- * on a connection attempt after 2 s and reconnects in the background every 2 s at most. The
+ * on a connection attempt or a command after `timeoutMs` (2 s) and reconnects in the background every 2 s at most. The
  * 'error' listener matters: without one, a refused connection would end the process.
  */
 export function createRedis(url: string, options: RedisClientOptions = {}): Redis {
   const redis = new Redis(url, {
     maxRetriesPerRequest: 1,
     enableOfflineQueue: false,
-    connectTimeout: 2_000,
-    commandTimeout: 2_000,
+    connectTimeout: options.timeoutMs ?? 2_000,
+    commandTimeout: options.timeoutMs ?? 2_000,
     retryStrategy: (times) => Math.min(times * 200, 2_000),
     connectionName: options.connectionName ?? 'fastify-auth-server',
   })

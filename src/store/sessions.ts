@@ -17,8 +17,12 @@ export interface RefreshTokenRecord {
   readonly hash: string
   readonly familyId: string
   readonly expiresAt: Date
-  /** True once exchanged for a new token; presenting it again is reuse (theft). */
+  /** True once exchanged for a new token; presenting it again is reuse (theft), unless within the grace. */
   readonly rotated: boolean
+  /** When it was rotated (null until then, and for tokens rotated before migration 002). */
+  readonly rotatedAt: Date | null
+  /** True once its one grace re-issue (reissueWithinGrace) has been given. */
+  readonly graceUsed: boolean
 }
 
 export interface NewRefreshToken {
@@ -30,11 +34,22 @@ export interface SessionStore {
   createFamily(family: Omit<RefreshFamily, 'revoked'>, token: NewRefreshToken): Promise<void>
   findToken(hash: string): Promise<{ token: RefreshTokenRecord; family: RefreshFamily } | undefined>
   /**
-   * Atomically: when `oldHash` is the family's current token (not rotated) and the family is not
-   * revoked, marks it rotated and makes `next` the current token. False otherwise (a concurrent
-   * refresh won, or the family was revoked).
+   * Atomically: when `oldHash` is a token of the family not yet rotated and the family is not
+   * revoked, marks it rotated (now: rotatedAt) and adds `next` as a token of the family. False
+   * otherwise (a concurrent refresh won, or the family was revoked).
+   *
+   * A family normally has one token not yet rotated, its current one. After a grace re-issue it
+   * has two: the one the winning refresh issued and the one the grace refresh issued. Either client
+   * (tab) may hold either, so both stay usable, and each rotates normally, once.
    */
   rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean>
+  /**
+   * The reuse grace, atomically: when `oldHash` is a token of the family that was rotated at or
+   * after `rotatedAfter`, its grace is unused and the family is not revoked, marks its grace used
+   * and adds `next` as a token of the family (not rotated: it rotates like any other). False
+   * otherwise, so that of several concurrent reuses of one token at most one succeeds.
+   */
+  reissueWithinGrace(familyId: string, oldHash: string, next: NewRefreshToken, rotatedAfter: Date): Promise<boolean>
   revokeFamily(familyId: string): Promise<void>
   /** Revokes every family of the user; returns their ids. */
   revokeAllForUser(userId: string): Promise<string[]>
@@ -63,31 +78,58 @@ export interface DenyList {
 }
 
 export class MemorySessionStore implements SessionStore {
-  readonly #families = new Map<string, RefreshFamily & { currentHash: string; tokenHashes: string[] }>()
+  readonly #families = new Map<string, RefreshFamily & { tokenHashes: string[] }>()
   readonly #tokens = new Map<string, RefreshTokenRecord>()
 
   async createFamily(family: Omit<RefreshFamily, 'revoked'>, token: NewRefreshToken): Promise<void> {
-    this.#families.set(family.id, { ...family, revoked: false, currentHash: token.hash, tokenHashes: [token.hash] })
-    this.#tokens.set(token.hash, { hash: token.hash, familyId: family.id, expiresAt: token.expiresAt, rotated: false })
+    this.#families.set(family.id, { ...family, revoked: false, tokenHashes: [] })
+    this.#addToken(family.id, token)
   }
 
   async findToken(hash: string) {
     const token = this.#tokens.get(hash)
     const family = token && this.#families.get(token.familyId)
     if (!token || !family) return undefined
-    const { currentHash: _c, tokenHashes: _t, ...publicFamily } = family
+    const { tokenHashes: _t, ...publicFamily } = family
     return { token, family: publicFamily }
   }
 
+  // Each method checks and changes in one synchronous run (no await in between): that is what
+  // makes it atomic here.
   async rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
     const family = this.#families.get(familyId)
     const old = this.#tokens.get(oldHash)
-    if (!family || family.revoked || family.currentHash !== oldHash || !old || old.rotated) return false
-    this.#tokens.set(oldHash, { ...old, rotated: true })
-    this.#tokens.set(next.hash, { hash: next.hash, familyId, expiresAt: next.expiresAt, rotated: false })
-    family.currentHash = next.hash
-    family.tokenHashes.push(next.hash)
+    if (!family || family.revoked || !old || old.familyId !== familyId || old.rotated) return false
+    this.#tokens.set(oldHash, { ...old, rotated: true, rotatedAt: new Date() })
+    this.#addToken(familyId, next)
     return true
+  }
+
+  async reissueWithinGrace(
+    familyId: string,
+    oldHash: string,
+    next: NewRefreshToken,
+    rotatedAfter: Date,
+  ): Promise<boolean> {
+    const family = this.#families.get(familyId)
+    const old = this.#tokens.get(oldHash)
+    if (!family || family.revoked || !old || old.familyId !== familyId || !old.rotated || old.graceUsed) return false
+    if (old.rotatedAt === null || old.rotatedAt.getTime() < rotatedAfter.getTime()) return false
+    this.#tokens.set(oldHash, { ...old, graceUsed: true })
+    this.#addToken(familyId, next)
+    return true
+  }
+
+  #addToken(familyId: string, token: NewRefreshToken): void {
+    this.#tokens.set(token.hash, {
+      hash: token.hash,
+      familyId,
+      expiresAt: token.expiresAt,
+      rotated: false,
+      rotatedAt: null,
+      graceUsed: false,
+    })
+    this.#families.get(familyId)?.tokenHashes.push(token.hash)
   }
 
   async revokeFamily(familyId: string): Promise<void> {

@@ -1,5 +1,6 @@
 // User storage: the UserStore interface and the in-memory implementation (the zero-config default).
 // Knows nothing of HTTP or bcrypt; it stores what the service hands it.
+import { LastAdminError } from '../errors.js'
 
 export type Role = 'user' | 'admin'
 export const ROLES: readonly Role[] = ['user', 'admin']
@@ -35,6 +36,26 @@ export interface UserPatch {
   bumpTokenVersion?: boolean
 }
 
+/** Options of update and delete. */
+export interface WriteOptions {
+  /**
+   * Refuse the write, changing nothing, when it would leave no enabled user with the admin role:
+   * it throws LastAdminError. The check is atomic with the write, so of two concurrent changes
+   * that would each remove one of the last two admins, only one passes.
+   */
+  keepAnAdmin?: boolean
+}
+
+/** An administrator that counts: the admin role, not disabled. */
+export function isEnabledAdmin(user: { readonly roles: readonly Role[]; readonly disabled: boolean }): boolean {
+  return user.roles.includes('admin') && !user.disabled
+}
+
+/** True when `patch` can take a user's admin status away (removes the role, or disables). */
+export function patchMayRemoveAdmin(patch: UserPatch): boolean {
+  return (patch.roles !== undefined && !patch.roles.includes('admin')) || patch.disabled === true
+}
+
 export interface ListQuery {
   limit: number
   offset: number
@@ -46,9 +67,18 @@ export interface UserStore {
   create(user: NewUser): Promise<UserRecord | null>
   findById(id: string): Promise<UserRecord | undefined>
   findByUsername(username: string): Promise<UserRecord | undefined>
-  /** Applies the patch; undefined when the user does not exist. */
-  update(id: string, patch: UserPatch): Promise<UserRecord | undefined>
-  delete(id: string): Promise<boolean>
+  /**
+   * Applies the patch; undefined when the user does not exist. With `keepAnAdmin`, throws
+   * LastAdminError (and changes nothing) when the patch would leave no enabled admin.
+   */
+  update(id: string, patch: UserPatch, options?: WriteOptions): Promise<UserRecord | undefined>
+  /** False when the user does not exist. With `keepAnAdmin`, as update. */
+  delete(id: string, options?: WriteOptions): Promise<boolean>
+  /**
+   * Replaces the password hash only if it is still `expected` (a re-hash at a new cost must not
+   * undo a password change that happened meanwhile). Leaves tokenVersion alone. True when replaced.
+   */
+  replacePasswordHash(id: string, expected: string, next: string): Promise<boolean>
   /** Ordered by normalised username. */
   list(query: ListQuery): Promise<{ items: UserRecord[]; total: number }>
   close(): Promise<void>
@@ -142,6 +172,8 @@ function toRecord(p: PackedUser, id = unpackId(p.key)): UserRecord {
 export class MemoryUserStore implements UserStore {
   readonly #byId = new Map<string, PackedUser>()
   readonly #byName = new Map<string, PackedUser>()
+  /** Keys of the enabled admins, kept with every write: the last-admin check needs no scan. */
+  readonly #enabledAdmins = new Set<string>()
 
   async create(user: NewUser): Promise<UserRecord | null> {
     return this.createSync(user)
@@ -166,6 +198,7 @@ export class MemoryUserStore implements UserStore {
     )
     this.#byId.set(key, packed)
     this.#byName.set(name === user.username ? packed.username : name, packed)
+    if (isEnabledAdmin(packed)) this.#enabledAdmins.add(key)
     return toRecord(packed, user.id)
   }
 
@@ -180,7 +213,8 @@ export class MemoryUserStore implements UserStore {
     return packed && toRecord(packed)
   }
 
-  async update(id: string, patch: UserPatch): Promise<UserRecord | undefined> {
+  // Check and write run with no await in between: nothing else can change the admins meanwhile.
+  async update(id: string, patch: UserPatch, options: WriteOptions = {}): Promise<UserRecord | undefined> {
     const key = packId(id)
     const current = key === undefined ? undefined : this.#byId.get(key)
     if (!current || key === undefined) return undefined
@@ -194,17 +228,50 @@ export class MemoryUserStore implements UserStore {
       patch.disabled ?? current.disabled,
       current.tokenVersion + (patch.bumpTokenVersion ? 1 : 0),
     )
+    if (options.keepAnAdmin && !isEnabledAdmin(next)) this.#refuseIfLastAdmin(key, current)
     this.#byId.set(key, next)
     this.#byName.set(normaliseUsername(current.username), next)
+    if (isEnabledAdmin(next)) this.#enabledAdmins.add(key)
+    else this.#enabledAdmins.delete(key)
     return toRecord(next, id)
   }
 
-  async delete(id: string): Promise<boolean> {
+  async delete(id: string, options: WriteOptions = {}): Promise<boolean> {
     const key = packId(id)
     const current = key === undefined ? undefined : this.#byId.get(key)
     if (!current || key === undefined) return false
+    if (options.keepAnAdmin) this.#refuseIfLastAdmin(key, current)
     this.#byId.delete(key)
     this.#byName.delete(normaliseUsername(current.username))
+    this.#enabledAdmins.delete(key)
+    return true
+  }
+
+  /** LastAdminError when `current` (about to lose its admin status) is the only enabled admin. */
+  #refuseIfLastAdmin(key: string, current: PackedUser): void {
+    if (isEnabledAdmin(current) && !this.#hasEnabledAdminOtherThan(key)) throw new LastAdminError()
+  }
+
+  #hasEnabledAdminOtherThan(key: string): boolean {
+    return this.#enabledAdmins.size > (this.#enabledAdmins.has(key) ? 1 : 0)
+  }
+
+  async replacePasswordHash(id: string, expected: string, next: string): Promise<boolean> {
+    const key = packId(id)
+    const current = key === undefined ? undefined : this.#byId.get(key)
+    if (!current || key === undefined || current.passwordHash !== expected) return false
+    const replaced = new PackedUser(
+      key,
+      current.username,
+      current.email,
+      next,
+      current.createdAtMs,
+      current.roles,
+      current.disabled,
+      current.tokenVersion,
+    )
+    this.#byId.set(key, replaced)
+    this.#byName.set(normaliseUsername(current.username), replaced)
     return true
   }
 
