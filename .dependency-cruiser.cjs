@@ -5,16 +5,18 @@
 //   wiring         src/app.ts                     builds the app from everything below
 //   HTTP edge      src/routes/, src/plugins/      requests, replies, hooks, error bodies
 //   rules          src/services/                  what the server does, independent of HTTP
-//   mechanisms     src/store/, src/security/      storage; hashing, signing and verification
-//   foundations    src/config.ts, src/errors.ts, src/schemas.ts, src/keys.ts, src/logging.ts
+//   mechanisms     src/store/, src/security/,     storage; hashing, signing and verification;
+//                  src/mail/                      mail delivery and the messages
+//   foundations    src/config.ts, src/errors.ts, src/schemas.ts, src/keys.ts, src/logging.ts,
+//                  src/metrics.ts (metric definitions: every layer below the HTTP edge counts)
 //
 // Skipping a layer is allowed (a route may use a store type); pointing up never is.
 const ENTRY = '^src/(server\\.ts|cli/)'
 const WIRING = '^src/app\\.ts$'
 const HTTP = '^src/(routes|plugins)/'
 const RULES = '^src/services/'
-const MECHANISMS = '^src/(store|security)/'
-const FOUNDATIONS = '^src/(config|errors|schemas|keys|logging)\\.ts$'
+const MECHANISMS = '^src/(store|security|mail)/'
+const FOUNDATIONS = '^src/(config|errors|schemas|keys|logging|metrics)\\.ts$'
 
 /** A rule: files matching `from` must not import files matching any of `to`. */
 const forbid = (name, comment, from, to) => ({
@@ -31,13 +33,13 @@ module.exports = {
     forbid('wiring-imports-entry', 'app.ts is imported by entry points, never the reverse', WIRING, [ENTRY]),
     forbid('http-imports-up', 'routes and plugins must not import the app or an entry point', HTTP, [WIRING, ENTRY]),
     forbid('rules-import-up', 'services hold the rules: no HTTP, no app wiring', RULES, [HTTP, WIRING, ENTRY]),
-    forbid('mechanisms-import-up', 'stores and security primitives know nothing of services or HTTP', MECHANISMS, [
+    forbid('mechanisms-import-up', 'stores, security primitives and mail know nothing of services or HTTP', MECHANISMS, [
       RULES,
       HTTP,
       WIRING,
       ENTRY,
     ]),
-    forbid('foundations-import-up', 'config, errors, schemas, keys and logging import only each other', FOUNDATIONS, [
+    forbid('foundations-import-up', 'config, errors, schemas, keys, logging and metrics import only each other', FOUNDATIONS, [
       MECHANISMS,
       RULES,
       HTTP,

@@ -10,24 +10,28 @@ import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-z
 import { z } from 'zod'
 import type { Config } from './config.js'
 import { auditLogger, childLoggerFactory } from './logging.js'
+import { createMetrics } from './metrics.js'
 import authPlugin from './plugins/auth.js'
 import bodyPlugin from './plugins/body.js'
+import corsPlugin from './plugins/cors.js'
 import docsPlugin from './plugins/docs.js'
 import errorPlugin, { answerClientError, answerFrameworkError } from './plugins/errors.js'
 import headersPlugin from './plugins/headers.js'
+import metricsPlugin from './plugins/metrics.js'
+import { accountRoutes } from './routes/account.js'
 import { adminRoutes } from './routes/admin.js'
 import { authRoutes } from './routes/auth.js'
 import { metaRoutes } from './routes/meta.js'
 import { userRoutes } from './routes/users.js'
-import { createServices, type Services } from './services/index.js'
+import { createServices, type ServiceOptions, type Services } from './services/index.js'
 import { openStores, type Stores } from './store/index.js'
 
-export interface AppDeps {
+export interface AppDeps extends Pick<ServiceOptions, 'clock'> {
   /**
    * Stores that replace the ones the configuration would open (tests: a failing store, or stores
    * shared by two apps). Each is closed with the app.
    */
-  stores?: Partial<Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters'>>
+  stores?: Partial<Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters' | 'oneTimeTokens'>>
   /** Fastify's logger options (server.ts passes pino options); off when omitted. */
   logger?: FastifyServerOptions['logger']
   /** Where audit events go. Defaults to a pino logger on stdout when AUDIT_LOG is on. */
@@ -68,25 +72,31 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 
-  const opened = await openStores(config, app.log)
+  const metrics = createMetrics({ enabled: config.metrics.port !== null })
+  const opened = await openStores(config, app.log, metrics)
   const stores = { ...opened, ...deps.stores }
   const audit = deps.audit ?? auditLogger(config)
-  const services = createServices(config, stores, { audit, log: app.log })
+  const services = createServices(config, stores, { audit, log: app.log, metrics, clock: deps.clock })
   app.decorate('config', config)
   app.decorate('audit', audit)
   app.decorate('users', services.users)
   app.decorate('sessions', services.sessions)
   app.decorate('tokens', services.tokens)
   app.decorate('hasher', services.hasher)
+  app.addHook('preClose', async () => services.users.stopBackgroundWork()) // as closing begins: see there
   app.addHook('onClose', async () => {
-    services.close()
+    await services.close()
     // Stores handed in through deps replace opened ones; each is closed once, then the connections.
     await Promise.allSettled(Object.values(deps.stores ?? {}).map((s) => s.close()))
     await opened.close()
   })
 
   await app.register(errorPlugin, { realm: config.realm })
+  // The request histogram and the separate /metrics listener; nothing at all when metrics are off.
+  await app.register(metricsPlugin, { metrics, ...config.metrics })
   await app.register(headersPlugin)
+  // CORS ('*' or a list) before auth and rate limits: preflights answered first, errors carry its headers.
+  if (config.corsOrigins.length > 0) await app.register(corsPlugin, { origins: config.corsOrigins })
   // The only body parsers, JSON and forms, both UTF-8 only; any other media type gets 415.
   await app.register(bodyPlugin)
   // Per-route request caps (routes set config.rateLimit); keyed on request.ip, which honours
@@ -111,9 +121,10 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   }
 
   await app.register(metaRoutes, { config, checks: opened.checks })
-  await app.register(authRoutes, { config })
+  await app.register(authRoutes, { config, metrics })
   await app.register(userRoutes)
   await app.register(adminRoutes)
+  await app.register(accountRoutes, { config, recovery: services.recovery })
   return app
 }
 
@@ -121,10 +132,15 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
  * Responses are serialised by fast-json-stringify from the JSON Schema of each zod response schema,
  * as Fastify does for JSON Schemas: only declared fields are written (a password hash can never
  * leak), and it is several times faster than the type provider's zod parse + JSON.stringify, which
- * showed in the profile of GET /users/me.
+ * showed in the profile of GET /users/me. One serialiser per schema, shared by every route and app
+ * that declares it: each route lists every error it can answer, mostly with the same few bodies.
  */
+const serializers = new WeakMap<object, (data: unknown) => string>()
 function serializerCompiler({ schema }: { schema: unknown }): (data: unknown) => string {
-  return fastJson(
-    z.toJSONSchema(schema as z.ZodType, { io: 'output', target: 'draft-7', unrepresentable: 'any' }) as object,
-  )
+  const compiled = serializers.get(schema as object)
+  if (compiled) return compiled
+  const opts = { io: 'output', target: 'draft-7', unrepresentable: 'any' } as const
+  const serialize = fastJson(z.toJSONSchema(schema as z.ZodType, opts) as object)
+  serializers.set(schema as object, serialize)
+  return serialize
 }

@@ -4,27 +4,50 @@ import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import proxyAddr from '@fastify/proxy-addr'
+// The single validator, not the whole of validator.js (as in schemas.ts).
+import isEmailModule from 'validator/lib/isEmail.js'
 import { z } from 'zod'
 import { ConfigError, KeyConfigError } from './errors.js'
-import { type JwtAlgorithm, type KeyRing, loadKeyRing } from './keys.js'
+import { type JwtAlgorithm, type KeyRing, loadKeyRing, secretStrengthProblem } from './keys.js'
 
 /** The placeholder shipped in .env.example; production refuses it. */
 export const JWT_SECRET_PLACEHOLDER = 'change-me-to-a-random-secret-of-at-least-32-bytes'
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
+/** The messages written for this schema (describeIssue shows them; zod's own may quote a value). */
+const OWN_MESSAGES = new Set<string>()
+function own(message: string): { error: string } {
+  OWN_MESSAGES.add(message)
+  return { error: message }
+}
+
 // An empty variable (`PORT=`) counts as unset, never as 0 or "": that is what a blank line in an
 // env file or `VAR=` in a shell means to the person who wrote it.
 const unsetIfEmpty = (value: unknown) => (value === '' ? undefined : value)
-const int = (min: number, max: number) => z.preprocess(unsetIfEmpty, z.coerce.number().int().min(min).max(max))
+// Decimal digits only: Number() would also take `8000 ` (spaces), `1e3`, `0x1F` or `+5`, values that
+// pass by accident and mean something else to the next reader.
+const int = (min: number, max: number) =>
+  z.preprocess(
+    unsetIfEmpty,
+    z
+      .string()
+      .regex(/^[0-9]+$/, own('must be a whole number in decimal digits (no spaces, sign, decimal point or exponent)'))
+      .transform(Number)
+      .pipe(z.number().int().min(min).max(max)),
+  )
 // z.coerce.boolean() turns "false" into true; stringbool parses true/false/1/0/yes/no/on/off.
 const bool = () => z.preprocess(unsetIfEmpty, z.stringbool())
-const text = (max = 256) => z.preprocess(unsetIfEmpty, z.string().trim().min(1).max(max))
+const text = (max = 256) =>
+  z.preprocess(unsetIfEmpty, z.string().trim().min(1, own('must not be blank (only spaces)')).max(max))
 
 const EnvSchema = z.object({
   NODE_ENV: z.preprocess(unsetIfEmpty, z.enum(['development', 'production', 'test']).default('development')),
   PORT: int(0, 65535).default(8000),
   HOST: text().default('127.0.0.1'),
+  // Prometheus metrics on a listener of their own; off unless METRICS_PORT is set (0: any free port).
+  METRICS_PORT: int(0, 65535).optional(),
+  METRICS_HOST: text().default('127.0.0.1'),
   LOG_LEVEL: z.preprocess(unsetIfEmpty, z.enum(LOG_LEVELS).optional()),
   AUDIT_LOG: bool().default(true),
   // Not run through unsetIfEmpty: an empty JWT_SECRET is refused in every mode, since it is almost
@@ -41,8 +64,11 @@ const EnvSchema = z.object({
       unsetIfEmpty,
       z
         .string()
-        .regex(/^[\x20-\x7e]{1,64}$/)
-        .refine((v) => !/["\\]/.test(v)),
+        .regex(/^[\x20-\x7e]{1,64}$/, { ...own('must be 1 to 64 printable ASCII characters'), abort: true })
+        .refine(
+          (v) => !/["\\]/.test(v),
+          own('must not contain " or \\ (they would end or escape the quoted realm in WWW-Authenticate)'),
+        ),
     )
     .default('fastify-auth-api'),
   ACCESS_TOKEN_EXPIRE_MINUTES: int(1, 24 * 60).default(30),
@@ -73,9 +99,24 @@ const EnvSchema = z.object({
   USER_CACHE_TTL_MS: int(0, 60_000).default(2000),
   STORE_TIMEOUT_MS: int(100, 60_000).default(2000),
   TRUST_PROXY: text(1024).optional(),
+  CORS_ORIGINS: text(4096).optional(),
   DOCS_ENABLED: bool().optional(),
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024).default(16 * 1024),
   REQUEST_TIMEOUT_MS: int(1000, 600_000).default(15_000),
+  SMTP_URL: text(2048).optional(),
+  MAIL_FROM: text(320).default('no-reply@localhost'),
+  PUBLIC_URL: text(2048).optional(),
+  PASSWORD_RESET_URL: text(2048).default('{PUBLIC_URL}/reset-password?token={token}'),
+  EMAIL_VERIFY_URL: text(2048).default('{PUBLIC_URL}/verify-email?token={token}'),
+  MAIL_RETRIES: int(0, 10).default(4),
+  MAIL_RETRY_DELAY_MS: int(10, 600_000).default(1000),
+  MAIL_TIMEOUT_MS: int(100, 120_000).default(10_000),
+  PASSWORD_RESET_TTL_MINUTES: int(5, 24 * 60).default(30),
+  EMAIL_VERIFY_TTL_HOURS: int(1, 30 * 24).default(24),
+  RECOVERY_MAX_PER_ACCOUNT: int(1, 1000).default(5),
+  RECOVERY_MAX_PER_ADDRESS: int(1, 1_000_000).default(20),
+  RECOVERY_WINDOW_SECONDS: int(60, 7 * 86_400).default(3600),
+  REQUIRE_VERIFIED_EMAIL: bool().default(false),
 })
 
 export type Env = z.infer<typeof EnvSchema>
@@ -84,6 +125,11 @@ export interface Config {
   readonly env: 'development' | 'production' | 'test'
   readonly port: number
   readonly host: string
+  /**
+   * The Prometheus metrics listener (plugins/metrics.ts), never the public port. port null: metrics
+   * off (no listener, no per-request hook); 0: a port the OS chooses (tests read app.metricsAddress).
+   */
+  readonly metrics: { readonly port: number | null; readonly host: string }
   readonly logLevel: (typeof LOG_LEVELS)[number]
   readonly auditLog: boolean
   readonly jwt: {
@@ -147,9 +193,72 @@ export interface Config {
   }
   /** Fastify's trustProxy: false, or the proxy addresses/CIDRs (never `true`, never a hop count). */
   readonly trustProxy: false | string[]
+  /**
+   * Origins whose pages may call the API from a browser (CORS): exact origins as browsers send them,
+   * or '*' (any origin; refused in production). Empty: no CORS at all (the plugin is not registered).
+   */
+  readonly corsOrigins: '*' | readonly string[]
   readonly docsEnabled: boolean
   readonly bodyLimit: number
   readonly requestTimeoutMs: number
+  /** Outgoing mail: account recovery and verification links, notices (src/mail/). */
+  readonly mail: MailConfig
+  /** Password reset, e-mail verification and e-mail change (services/recovery.ts). */
+  readonly recovery: RecoveryConfig
+}
+
+export interface RecoveryConfig {
+  /** How long a password-reset link works (PASSWORD_RESET_TTL_MINUTES), in seconds. */
+  readonly resetTtlSeconds: number
+  /** How long an e-mail verification link works (EMAIL_VERIFY_TTL_HOURS), in seconds. */
+  readonly verifyTtlSeconds: number
+  /**
+   * Messages with a link that one account may be sent per window (RECOVERY_MAX_PER_ACCOUNT), per
+   * kind (resets; verifications and changes). Past it, requests still answer 202 and nothing is
+   * sent, so that the limit tells nothing about which accounts exist.
+   */
+  readonly maxPerAccount: number
+  /** Requests one client address may make per window to each route that sends such a link (429 past it). */
+  readonly maxPerAddress: number
+  readonly windowSeconds: number
+  /**
+   * REQUIRE_VERIFIED_EMAIL: the password grant refuses accounts without a verified address
+   * (invalid_grant, after the password was found right), and /register requires an address.
+   * Accounts with the admin role are exempt: the first admin is created without one.
+   */
+  readonly requireVerifiedEmail: boolean
+}
+
+/** The base of links in messages when PUBLIC_URL is unset (development and test only). */
+export const DEFAULT_PUBLIC_URL = 'http://127.0.0.1:8000'
+
+export interface MailConfig {
+  /**
+   * `smtp`: SMTP_URL is set; messages are delivered through it. `log`: no SMTP_URL outside
+   * production; each message is written to the log, link and token included, for a developer to
+   * copy. `off`: no SMTP_URL in production; nothing can be sent, so the flows that need mail
+   * (password reset, e-mail verification) are disabled: their routes answer 404.
+   */
+  readonly mode: 'smtp' | 'log' | 'off'
+  /**
+   * SMTP_URL: `smtp://` (STARTTLS when the server offers it) or `smtps://` (TLS from the start),
+   * with optional `user:password@`. It may hold a password: never log it. Undefined unless `smtp`.
+   */
+  readonly smtpUrl: string | undefined
+  /** MAIL_FROM: the From header and envelope sender, `name@domain` or `Name <name@domain>`. */
+  readonly from: string
+  /** PUBLIC_URL without a trailing slash: the base of the links in messages. */
+  readonly publicUrl: string
+  /** The password-reset link carrying `token` (PASSWORD_RESET_URL, `{token}` URL-encoded). */
+  readonly resetUrl: (token: string) => string
+  /** The e-mail verification link carrying `token` (EMAIL_VERIFY_URL, `{token}` URL-encoded). */
+  readonly verifyUrl: (token: string) => string
+  /** Delivery attempts after a failed first one (MAIL_RETRIES); 0: no retry. */
+  readonly retries: number
+  /** Milliseconds before the first retry (MAIL_RETRY_DELAY_MS), doubled before each next one. */
+  readonly retryDelayMs: number
+  /** SMTP connection, greeting and socket-inactivity timeout, each, in milliseconds. */
+  readonly timeoutMs: number
 }
 
 /** Validates `env` and returns a frozen Config, or throws a ConfigError naming each bad variable. */
@@ -168,20 +277,25 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const problems: string[] = []
   const production = e.NODE_ENV === 'production'
 
+  // JWT_SECRET signs only with HS256: the other algorithms sign with JWT_PRIVATE_KEY_FILE, so
+  // production asks for a strong secret only when it is what signs.
+  const signsWithSecret = e.JWT_ALGORITHM === 'HS256'
   if (e.JWT_SECRET !== undefined) {
+    const weakness = production && signsWithSecret ? secretStrengthProblem(e.JWT_SECRET) : undefined
     if (e.JWT_SECRET.trim() === '') problems.push('JWT_SECRET: must not be empty')
-    else if (production && Buffer.byteLength(e.JWT_SECRET, 'utf8') < 32)
-      problems.push('JWT_SECRET: must be at least 32 bytes in production')
     else if (production && e.JWT_SECRET === JWT_SECRET_PLACEHOLDER)
       problems.push('JWT_SECRET: is the .env.example placeholder; generate a random secret')
-  } else if (production) {
-    problems.push('JWT_SECRET: is required in production')
+    else if (weakness) problems.push(`JWT_SECRET: ${weakness}`)
+  } else if (production && signsWithSecret) {
+    problems.push('JWT_SECRET: is required in production with JWT_ALGORITHM=HS256')
   }
   if (production && e.BCRYPT_ROUNDS < 10) problems.push('BCRYPT_ROUNDS: must be at least 10 in production')
   if (e.REFRESH_TOKEN_ABSOLUTE_DAYS < e.REFRESH_TOKEN_EXPIRE_DAYS)
     problems.push('REFRESH_TOKEN_ABSOLUTE_DAYS: must be at least REFRESH_TOKEN_EXPIRE_DAYS')
   if (e.LOGIN_LOCKOUT_MAX_SECONDS < e.LOGIN_LOCKOUT_SECONDS)
     problems.push('LOGIN_LOCKOUT_MAX_SECONDS: must be at least LOGIN_LOCKOUT_SECONDS')
+  if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT)
+    problems.push('METRICS_PORT: must differ from PORT (metrics are never served on the public port)')
   if ((e.ADMIN_USERNAME === undefined) !== (e.ADMIN_PASSWORD === undefined))
     problems.push(
       `${e.ADMIN_USERNAME === undefined ? 'ADMIN_USERNAME' : 'ADMIN_PASSWORD'}: ADMIN_USERNAME and ADMIN_PASSWORD go together`,
@@ -198,6 +312,14 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const trustProxy = parseTrustProxy(e.TRUST_PROXY)
   if (trustProxy === null)
     problems.push('TRUST_PROXY: must be a comma-separated list of IP addresses or CIDR ranges (not true or a number)')
+
+  const corsOrigins = parseCorsOrigins(e.CORS_ORIGINS)
+  if (corsOrigins === null)
+    problems.push(
+      'CORS_ORIGINS: must be * alone, or a comma-separated list of origins as browsers send them: scheme://host[:port] with http or https, a lower-case host, no default port, no path or trailing slash',
+    )
+  else if (corsOrigins === '*' && production)
+    problems.push('CORS_ORIGINS: * (any origin) is refused in production; list the origins of your front ends')
 
   const secretGenerated = e.JWT_SECRET === undefined
   const secret = e.JWT_SECRET ?? randomBytes(32).toString('base64url')
@@ -216,11 +338,16 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push(err.message)
   }
 
+  const mail = mailConfig(e, production, problems)
+  if (e.REQUIRE_VERIFIED_EMAIL && mail.mode === 'off')
+    problems.push('REQUIRE_VERIFIED_EMAIL: needs mail; set SMTP_URL (without it no address can be verified)')
+
   if (problems.length > 0 || !keys) throw new ConfigError(problems)
   return deepFreeze({
     env: e.NODE_ENV,
     port: e.PORT,
     host: e.HOST,
+    metrics: { port: e.METRICS_PORT ?? null, host: e.METRICS_HOST },
     logLevel: e.LOG_LEVEL ?? (production ? 'warn' : 'info'),
     auditLog: e.AUDIT_LOG,
     jwt: {
@@ -266,15 +393,27 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       timeoutMs: e.STORE_TIMEOUT_MS,
     },
     trustProxy: trustProxy ?? false,
+    corsOrigins: corsOrigins ?? [],
     // Off by default in production: the API inventory is for developers (OWASP API9).
     docsEnabled: e.DOCS_ENABLED ?? !production,
     bodyLimit: e.BODY_LIMIT_BYTES,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    mail,
+    recovery: {
+      resetTtlSeconds: e.PASSWORD_RESET_TTL_MINUTES * 60,
+      verifyTtlSeconds: e.EMAIL_VERIFY_TTL_HOURS * 3600,
+      maxPerAccount: e.RECOVERY_MAX_PER_ACCOUNT,
+      maxPerAddress: e.RECOVERY_MAX_PER_ADDRESS,
+      windowSeconds: e.RECOVERY_WINDOW_SECONDS,
+      requireVerifiedEmail: e.REQUIRE_VERIFIED_EMAIL,
+    },
   } satisfies Config)
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
-  // zod's messages may quote the received value; keep only the shape of the problem.
+  // Our own messages (own()) describe the rule; zod's may quote the received value, so of those
+  // only the shape of the problem is kept.
+  if (OWN_MESSAGES.has(issue.message)) return issue.message
   switch (issue.code) {
     case 'invalid_type':
       return `expected ${issue.expected}`
@@ -319,6 +458,99 @@ function parseTrustProxy(value: string | undefined): false | string[] | null {
     return null
   }
   return entries
+}
+
+/**
+ * undefined or only commas → [] (no CORS); `*` alone → '*'; a list of origins → the list; anything
+ * else → null (invalid). Each entry must be an origin exactly as a browser sends it in `Origin`
+ * (http or https, lower-case host, no default port, no path, no trailing slash): CORS compares
+ * origins as strings, so `https://app.example.com/` would silently match nothing. `null` (what
+ * sandboxed frames and file: pages send) is refused: any page can make itself send it.
+ */
+function parseCorsOrigins(value: string | undefined): '*' | string[] | null {
+  const entries = (value ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  if (entries.includes('*')) return entries.length === 1 ? '*' : null
+  const isOrigin = (entry: string) => {
+    try {
+      const url = new URL(entry)
+      // WHATWG URL keeps `*` in a host; no browser sends one, so `https://*.example.com` matches nothing.
+      const host = /^(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)$/.test(url.hostname)
+      return (url.protocol === 'http:' || url.protocol === 'https:') && host && url.origin === entry
+    } catch {
+      return false
+    }
+  }
+  return entries.every(isOrigin) ? [...new Set(entries)] : null
+}
+
+/**
+ * The mail settings, checked together; each problem is pushed to `problems` naming its variable,
+ * never its value (SMTP_URL may hold a password). Links carry tokens, hence the stricter rules in
+ * production: a public base is required to send mail at all, and links must be https.
+ */
+function mailConfig(e: Env, production: boolean, problems: string[]): MailConfig {
+  const mode = e.SMTP_URL !== undefined ? 'smtp' : production ? 'off' : 'log'
+  // `smtp:` is not a scheme the URL parser knows, so `smtp:/x` parses, with no host: check for one.
+  if (e.SMTP_URL !== undefined && !(isUrl(e.SMTP_URL, ['smtp:', 'smtps:']) && new URL(e.SMTP_URL).hostname !== ''))
+    problems.push('SMTP_URL: must be an smtp:// or smtps:// URL')
+  if (!isEmailModule.default(e.MAIL_FROM, { allow_display_name: true, require_tld: false, allow_ip_domain: false }))
+    problems.push('MAIL_FROM: must be an e-mail address, name@domain or Name <name@domain>')
+
+  let publicUrl = DEFAULT_PUBLIC_URL
+  if (e.PUBLIC_URL !== undefined) {
+    const parsed = parsePublicUrl(e.PUBLIC_URL)
+    if (parsed === null)
+      problems.push('PUBLIC_URL: must be an http:// or https:// URL without credentials, query or fragment')
+    else if (production && mode === 'smtp' && !parsed.startsWith('https:'))
+      problems.push('PUBLIC_URL: must be an https:// URL in production (links in messages carry tokens)')
+    else publicUrl = parsed
+  } else if (production && mode === 'smtp') {
+    problems.push('PUBLIC_URL: is required in production when SMTP_URL is set (the base of links in messages)')
+  }
+
+  const template = (name: 'PASSWORD_RESET_URL' | 'EMAIL_VERIFY_URL') => {
+    const raw = e[name]
+    const withBase = raw.replaceAll('{PUBLIC_URL}', publicUrl)
+    const link = (token: string) => withBase.replaceAll('{token}', encodeURIComponent(token))
+    if (!withBase.includes('{token}')) problems.push(`${name}: must contain {token}, where the link carries the token`)
+    else if (!isUrl(link('t'), ['http:', 'https:']))
+      problems.push(`${name}: must be an http:// or https:// URL once {PUBLIC_URL} and {token} are replaced`)
+    // A template built on PUBLIC_URL is covered by PUBLIC_URL's own check.
+    else if (production && mode === 'smtp' && !raw.includes('{PUBLIC_URL}') && !isUrl(link('t'), ['https:']))
+      problems.push(`${name}: must be an https:// URL in production (the link carries a token)`)
+    return link
+  }
+
+  return {
+    mode,
+    smtpUrl: e.SMTP_URL,
+    from: e.MAIL_FROM,
+    publicUrl,
+    resetUrl: template('PASSWORD_RESET_URL'),
+    verifyUrl: template('EMAIL_VERIFY_URL'),
+    retries: e.MAIL_RETRIES,
+    retryDelayMs: e.MAIL_RETRY_DELAY_MS,
+    timeoutMs: e.MAIL_TIMEOUT_MS,
+  }
+}
+
+/**
+ * PUBLIC_URL in one form (scheme and host lower-cased, no trailing slash, so that `{PUBLIC_URL}/x`
+ * has one slash), or null: not http(s), or with credentials, a query or a fragment, which would
+ * end up in the middle of every link.
+ */
+function parsePublicUrl(value: string): string | null {
+  try {
+    const url = new URL(value)
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null
+    if (url.username || url.password || value.includes('?') || value.includes('#')) return null
+    return url.href.replace(/\/+$/, '')
+  } catch {
+    return null
+  }
 }
 
 function deepFreeze<T extends object>(value: T): T {

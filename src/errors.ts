@@ -11,6 +11,8 @@ export const ERROR_STATUS = {
   OAUTH_ERROR: 400,
   REFRESH_TOKEN_REUSED: 400,
   PASSWORD_INCORRECT: 400,
+  ONE_TIME_TOKEN_INVALID: 400,
+  EMAIL_REQUEST_INVALID: 400,
   TOKEN_MISSING: 401,
   TOKEN_INVALID: 401,
   INSUFFICIENT_SCOPE: 403,
@@ -18,6 +20,7 @@ export const ERROR_STATUS = {
   ROUTE_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   USERNAME_TAKEN: 409,
+  EMAIL_TAKEN: 409,
   LAST_ADMIN: 409,
   BODY_TOO_LARGE: 413,
   URI_TOO_LONG: 414,
@@ -115,6 +118,34 @@ export class ReuseDetectedError extends ApiError {
   }
 }
 
+/**
+ * The password grant of an account without a verified e-mail address while REQUIRE_VERIFIED_EMAIL
+ * is on (invalid_grant). Only ever after the password was found right: a wrong one answers
+ * invalidGrant() as always, so this answer tells nothing to someone without the password.
+ */
+export const emailNotVerified = () => new OAuthError('invalid_grant', 'Email address not verified')
+
+/**
+ * A password-reset or e-mail verification token that is unknown, expired, already used, of the
+ * other purpose, or issued before the account's last password change (400). One answer for all
+ * of these: which one it was would only help someone guessing.
+ */
+export class InvalidOneTimeTokenError extends ApiError {
+  constructor() {
+    super('ONE_TIME_TOKEN_INVALID', 'Invalid or expired token')
+  }
+}
+
+/**
+ * A request about the account's own e-mail address that cannot be done in its state (400): no
+ * address to verify, an address already verified, a change to the address it already has.
+ */
+export class EmailRequestError extends ApiError {
+  constructor(detail: string) {
+    super('EMAIL_REQUEST_INVALID', detail)
+  }
+}
+
 /** The current password given to confirm a change (password change, deletion) is wrong (400, not 401). */
 export class PasswordIncorrectError extends ApiError {
   constructor() {
@@ -173,6 +204,17 @@ export class UsernameTakenError extends ApiError {
 }
 
 /**
+ * The e-mail address belongs to another account (409): compared in any case (store/users.ts,
+ * emailKey). Raised at registration, when a change of address is asked for, and again when it is
+ * confirmed, since the address may have been taken in between.
+ */
+export class EmailTakenError extends ApiError {
+  constructor() {
+    super('EMAIL_TAKEN', 'Email already registered')
+  }
+}
+
+/**
  * An admin change that would leave no enabled account with the admin role (the last admin
  * demoting, disabling or deleting itself): refused with 409, and nothing is changed. Without it,
  * the only way back in would be the database or a restart with ADMIN_USERNAME.
@@ -222,8 +264,10 @@ export class TooManyAttemptsError extends ApiError {
   constructor(
     retryAfterSeconds: number,
     readonly reason: 'account' | 'address',
+    /** Where the failures were not logins (bad one-time tokens), a detail that says so. */
+    detail = 'Too many failed login attempts; try again later',
   ) {
-    super('LOGIN_THROTTLED', 'Too many failed login attempts; try again later', {
+    super('LOGIN_THROTTLED', detail, {
       'retry-after': String(retryAfterSeconds),
     })
   }
@@ -261,14 +305,46 @@ export class StoreUnavailableError extends ApiError {
 
 // --- Boot errors: no HTTP status; they stop the process with one message naming the variable.
 
-/** Invalid settings. Each problem names its variable, never its value (a value may be a secret). */
+/**
+ * Invalid settings. Each problem names its variable, never its value (a value may be a secret),
+ * and is printed as a line of its own (bootFailureLines); the message joins them.
+ */
 export class ConfigError extends Error {
   readonly code = 'CONFIG_INVALID'
 
   constructor(readonly problems: string[]) {
-    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    super(problems.join('; '))
     this.name = 'ConfigError'
   }
+}
+
+/**
+ * The PostgreSQL schema does not match the migrations this server ships: `behind` (a shipped
+ * migration is not applied: `npm run migrate`, or MIGRATE_ON_START=true) or `ahead` (an applied
+ * migration this server does not ship: a newer release migrated the database). Found at boot, it
+ * stops the process; found on the first connection after a boot without the database, it is the
+ * cause of the 503 that requests needing the database get (never a 500 from a missing table).
+ */
+export class SchemaError extends Error {
+  readonly code = 'SCHEMA_MISMATCH'
+  override name = 'SchemaError'
+
+  constructor(
+    message: string,
+    readonly direction: 'behind' | 'ahead',
+  ) {
+    super(message)
+  }
+}
+
+/**
+ * A store that cannot be opened at boot in a way waiting would not fix, or that the settings need
+ * at boot: MIGRATE_ON_START without a reachable database, a failed migration, a login PostgreSQL
+ * refuses. The message starts with the variable to change.
+ */
+export class StoreSetupError extends Error {
+  readonly code = 'STORE_SETUP_FAILED'
+  override name = 'StoreSetupError'
 }
 
 /** A signing key that cannot be used (unreadable file, wrong type); collected into a ConfigError. */
@@ -282,6 +358,59 @@ export class AdminSetupError extends Error {
   readonly code = 'ADMIN_SETUP_FAILED'
   override name = 'AdminSetupError'
 }
+
+/** Where the server was asked to listen (HOST, PORT): the lines about listen errors name them. */
+export interface ListenTarget {
+  readonly host: string
+  readonly port: number
+}
+
+/**
+ * What a failed boot prints: one line per cause, each naming what to change (a variable, a
+ * command), never a stack trace and never a value that could be a secret. The boot errors above
+ * carry their line; listen errors are named after HOST or PORT; anything else (a bug) gets its
+ * name and the first line of its message.
+ */
+export function bootFailureLines(err: unknown, listen?: ListenTarget): string[] {
+  if (err instanceof ConfigError) return err.problems.map(firstLine)
+  if (
+    err instanceof KeyConfigError ||
+    err instanceof AdminSetupError ||
+    err instanceof SchemaError ||
+    err instanceof StoreSetupError
+  )
+    return [firstLine(err.message)]
+  if (err instanceof StoreUnavailableError) return [`${err.dependency} is not reachable, and the start needs it`]
+  const listenLine = listen && listenFailure(err, listen)
+  if (listenLine) return [listenLine]
+  const error = err instanceof Error ? err : new Error(String(err))
+  return [`${error.name}: ${firstLine(error.message)}`]
+}
+
+/** The line for an error of listen() (node:net, or the name lookup before it); undefined for others. */
+function listenFailure(err: unknown, listen: ListenTarget): string | undefined {
+  const { code, address, port } = (err ?? {}) as { code?: unknown; address?: unknown; port?: unknown }
+  const at = `${typeof address === 'string' ? address : listen.host}:${typeof port === 'number' ? port : listen.port}`
+  // Another listener of this process (not HOST:PORT) is named by its address only.
+  const portVariable = port === undefined || port === listen.port ? 'PORT: ' : ''
+  switch (code) {
+    case 'EADDRINUSE':
+      return `${portVariable}${at} is already in use by another process (EADDRINUSE)`
+    case 'EACCES':
+      return `${portVariable}no permission to listen on ${at} (EACCES; ports below 1024 need privileges)`
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_FAIL':
+    case 'EAI_NONAME':
+      return `HOST: ${listen.host} does not resolve to an address (${code}); use a name or address of this machine, e.g. 127.0.0.1 or 0.0.0.0`
+    case 'EADDRNOTAVAIL':
+      return `HOST: ${typeof address === 'string' ? address : listen.host} is not an address of this machine (EADDRNOTAVAIL)`
+    default:
+      return undefined
+  }
+}
+
+const firstLine = (message: string): string => message.split('\n', 1)[0]?.trim() || '(no message)'
 
 function summarise(errors: FieldError[]): string {
   const first = errors[0]

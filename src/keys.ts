@@ -79,12 +79,53 @@ function generate(alg: Exclude<JwtAlgorithm, 'HS256'>): { publicKey: KeyObject; 
   return generateKeyPairSync('rsa', { modulusLength: 2048 })
 }
 
+const READ_FAILURES: Record<string, string> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a part of the path is not a directory',
+}
+
+/** The file's text, or a KeyConfigError naming the variable, the path (never a secret) and why. */
 function readPem(path: string, variable: string): string {
   try {
     return readFileSync(path, 'utf8')
-  } catch {
-    throw new KeyConfigError(`${variable}: cannot read the file`)
+  } catch (err) {
+    const code = String((err as { code?: unknown }).code ?? 'error')
+    throw new KeyConfigError(`${variable}: cannot read ${path} (${READ_FAILURES[code] ?? code})`)
   }
+}
+
+/** What secretStrengthProblem asks of a secret in production: the estimate of secretEntropyBits. */
+export const MIN_SECRET_ENTROPY_BITS = 128
+
+/**
+ * A simple estimate of a secret's entropy: the Shannon entropy of its own character frequencies,
+ * in bits per character, times its length in characters. It cannot tell a random string from a
+ * clever pattern, but it does see what a hand-typed placeholder looks like: one character repeated
+ * (42 × `a`: 0 bits), a short pattern repeated (`ab` × 21: 42 bits), a small alphabet. The output
+ * of a generator of 32 random bytes estimates at 180 bits or more (hex, base64, base64url: the
+ * lowest of a million draws each), far above MIN_SECRET_ENTROPY_BITS (docs/security.md, Secret strength).
+ */
+export function secretEntropyBits(secret: string): number {
+  const chars = [...secret]
+  const counts = new Map<string, number>()
+  for (const c of chars) counts.set(c, (counts.get(c) ?? 0) + 1)
+  let bitsPerChar = 0
+  for (const n of counts.values()) bitsPerChar -= (n / chars.length) * Math.log2(n / chars.length)
+  return bitsPerChar * chars.length
+}
+
+/**
+ * Why `secret` is too weak to sign HS256 tokens in production, or undefined: at least 32 bytes
+ * (RFC 7518 §3.2: a key as long as the hash), and an entropy estimate of at least
+ * MIN_SECRET_ENTROPY_BITS. The reason never quotes the secret.
+ */
+export function secretStrengthProblem(secret: string): string | undefined {
+  if (Buffer.byteLength(secret, 'utf8') < 32) return 'must be at least 32 bytes in production'
+  if (secretEntropyBits(secret) < MIN_SECRET_ENTROPY_BITS)
+    return `is too repetitive to be random (estimated under ${MIN_SECRET_ENTROPY_BITS} bits of entropy); in production use 32 random bytes, e.g. \`openssl rand -base64 32\``
+  return undefined
 }
 
 export interface KeyRingOptions {
@@ -105,7 +146,21 @@ export function loadKeyRing(o: KeyRingOptions): KeyRing {
   let current: SigningKey
   let ephemeral = false
   if (o.algorithm === 'HS256') {
+    // Refused rather than ignored: whoever set a key file meant to sign with it, and HS256 would
+    // quietly sign with JWT_SECRET instead, behind an empty JWKS.
+    const files = [
+      ...(o.privateKeyFile ? ['JWT_PRIVATE_KEY_FILE'] : []),
+      ...(o.publicKeyFile ? ['JWT_PUBLIC_KEY_FILE'] : []),
+    ]
+    if (files.length > 0)
+      throw new KeyConfigError(
+        `${files.join(', ')}: set, but JWT_ALGORITHM is HS256, which signs with JWT_SECRET and uses no key file; set JWT_ALGORITHM to the key's algorithm (EdDSA, ES256 or RS256), or unset ${files.length > 1 ? 'them' : 'it'}`,
+      )
     current = hmacKey(o.secret)
+  } else if (o.publicKeyFile && !o.privateKeyFile) {
+    throw new KeyConfigError(
+      'JWT_PUBLIC_KEY_FILE: set without JWT_PRIVATE_KEY_FILE; the public key is only checked against the private key, so set both or neither',
+    )
   } else if (o.privateKeyFile) {
     let priv: KeyObject
     try {
@@ -155,8 +210,9 @@ export function loadKeyRing(o: KeyRingOptions): KeyRing {
       if (!alg) throw new KeyConfigError('JWT_PREVIOUS_KEYS: an entry is a key of an unsupported type')
       previous.push(asymmetricKey(alg, pub))
     } else {
-      if (o.production && Buffer.byteLength(entry) < 32)
-        throw new KeyConfigError('JWT_PREVIOUS_KEYS: a previous HS256 secret must be at least 32 bytes in production')
+      // A previous secret still verifies tokens: a weak one lets anyone forge them, as a weak current one would.
+      const problem = o.production ? secretStrengthProblem(entry) : undefined
+      if (problem) throw new KeyConfigError(`JWT_PREVIOUS_KEYS: a previous HS256 secret ${problem}`)
       // A previous key verifies only: drop the signing half.
       const { privateKey: _unused, ...verifyOnly } = hmacKey(entry)
       previous.push(verifyOnly)

@@ -1,7 +1,9 @@
 // Logging: what never reaches a log line (redaction), how a request is written, the lazy
-// per-request logger, and the audit logger (security events that survive LOG_LEVEL=warn).
+// per-request logger, the audit logger (security events that survive LOG_LEVEL=warn), the
+// human-readable form for a developer's terminal, and the start-up line.
+import type { AddressInfo } from 'node:net'
 import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify'
-import { type Bindings, type ChildLoggerOptions, type LoggerOptions, pino } from 'pino'
+import { type Bindings, type ChildLoggerOptions, type DestinationStream, type LoggerOptions, pino } from 'pino'
 import type { Config } from './config.js'
 
 /** What never reaches a log line: credentials, tokens and secrets, wherever they appear. */
@@ -18,9 +20,16 @@ export const REDACT_PATHS = [
   '*.client_secret',
 ]
 
-/** Fastify's logger options for the server process (pino), at the configured level. */
-export function loggerOptions(config: Pick<Config, 'logLevel'>): LoggerOptions {
+/**
+ * Fastify's logger options for the server process (pino), at the configured level: JSON lines on
+ * stdout, or through `stream` (prettyStream) when one is given.
+ */
+export function loggerOptions(
+  config: Pick<Config, 'logLevel'>,
+  stream?: DestinationStream,
+): LoggerOptions & { stream?: DestinationStream } {
   return {
+    ...(stream ? { stream } : {}),
     level: config.logLevel,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     serializers: {
@@ -34,9 +43,107 @@ export function loggerOptions(config: Pick<Config, 'logLevel'>): LoggerOptions {
   }
 }
 
-/** The audit logger: its own pino instance on stdout, on unless AUDIT_LOG=false. */
-export function auditLogger(config: Pick<Config, 'auditLog'>): FastifyBaseLogger {
-  return pino({ enabled: config.auditLog, base: { audit: true } })
+/** The audit logger: its own pino instance on stdout (or `stream`), on unless AUDIT_LOG=false. */
+export function auditLogger(config: Pick<Config, 'auditLog'>, stream?: DestinationStream): FastifyBaseLogger {
+  return pino({ enabled: config.auditLog, base: { audit: true } }, stream)
+}
+
+/**
+ * pino-pretty, pino's own pretty printer, for a developer reading a terminal: in development when
+ * stdout is a TTY, else undefined (JSON lines: what log collectors read, and always what a pipe or
+ * a file gets). A stream in this thread rather than a transport's worker: lines keep their order
+ * with what the process writes itself, and none is lost when a failed boot exits at once. Loaded
+ * only then: it is not needed anywhere else.
+ */
+export async function prettyStream(
+  config: Pick<Config, 'env'>,
+  stdoutIsTTY: boolean,
+): Promise<DestinationStream | undefined> {
+  if (config.env !== 'development' || !stdoutIsTTY) return undefined
+  const { default: pretty } = await import('pino-pretty')
+  return pretty({ sync: true, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' })
+}
+
+/** host:port/path of a URL: where a service is, never its credentials or query string. */
+export function addressOf(url: string | undefined): string {
+  if (!url) return 'unset'
+  try {
+    const { hostname, port, pathname } = new URL(url)
+    return `${hostname}${port ? `:${port}` : ''}${pathname === '/' ? '' : pathname}`
+  } catch {
+    return 'an unparsable URL'
+  }
+}
+
+/** The URL of a listening server's address (http://127.0.0.1:8000, http://[::1]:8000). */
+export function listenUrl(address: AddressInfo | string | null): string {
+  if (address === null || typeof address === 'string') return String(address)
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host}:${address.port}`
+}
+
+/**
+ * The start-up line: what runs and where. The version, the address really bound (PORT=0 included),
+ * the store (PostgreSQL by host and database), Redis (by host) or off, the signing algorithm and
+ * key ids (they are in every token header), and the docs. Never a credential: URLs go through
+ * addressOf.
+ */
+export function startupLine(
+  config: Pick<Config, 'env' | 'storage' | 'jwt' | 'docsEnabled'>,
+  { version, url }: { version: string; url: string },
+): { fields: Record<string, unknown>; msg: string } {
+  const { storage, jwt } = config
+  const docs = config.docsEnabled ? `${url}/docs` : 'off'
+  return {
+    msg: `fastify-auth-server ${version} listening on ${url}${config.docsEnabled ? `, docs at ${docs}` : ''}`,
+    fields: {
+      event: 'startup',
+      version,
+      env: config.env,
+      url,
+      store: storage.kind,
+      ...(storage.kind === 'postgres' ? { database: addressOf(storage.databaseUrl) } : {}),
+      redis: storage.redisUrl ? addressOf(storage.redisUrl) : 'off',
+      jwt: { algorithm: jwt.algorithm, kid: jwt.kid, previousKids: jwt.keys.previous.map((k) => k.kid) },
+      docs,
+    },
+  }
+}
+
+/**
+ * The logger of the start-up line: the server's, at info whatever LOG_LEVEL says (a production
+ * default of warn must not hide what is running; the line is no warning), except that
+ * LOG_LEVEL=silent stays silent (undefined).
+ */
+export function startupLogger(log: FastifyBaseLogger, config: Pick<Config, 'logLevel'>): FastifyBaseLogger | undefined {
+  return config.logLevel === 'silent' ? undefined : log.child({}, { level: 'info' })
+}
+
+/**
+ * The secret values among these variables, for redact(): JWT_SECRET, ADMIN_PASSWORD, the
+ * passwords of DATABASE_URL, REDIS_URL and SMTP_URL, and the HS256 secrets of JWT_PREVIOUS_KEYS.
+ * Values shorter than 4 characters are left out: replacing them would garble the text, not hide much.
+ */
+export function secretValues(env: Record<string, string | undefined>): string[] {
+  const values = [env.JWT_SECRET, env.ADMIN_PASSWORD]
+  for (const name of ['DATABASE_URL', 'REDIS_URL', 'SMTP_URL']) {
+    try {
+      const password = new URL(env[name] ?? '').password
+      values.push(password, decodeURIComponent(password))
+    } catch {
+      // Not a URL: nothing to pick out.
+    }
+  }
+  for (const entry of (env.JWT_PREVIOUS_KEYS ?? '').split(',')) {
+    if (!/^\s*[/.]/.test(entry)) values.push(entry.trim())
+  }
+  return [...new Set(values.filter((v): v is string => typeof v === 'string' && v.length >= 4))]
+}
+
+/** `text` with each of `secrets` replaced by [redacted]: the last guard of a line that leaves the process. */
+export function redact(text: string, secrets: readonly string[]): string {
+  // Longest first: a secret that contains another is replaced whole.
+  return [...secrets].sort((a, b) => b.length - a.length).reduce((t, s) => t.replaceAll(s, '[redacted]'), text)
 }
 
 /** Fastify's childLoggerFactory: the lazy child unless the caller asks for child options. */

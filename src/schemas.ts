@@ -25,7 +25,9 @@ export const Email = z
   .max(254, { message: 'must be at most 254 characters', abort: true })
   .refine(isEmailAddress, 'must be a valid email address')
   .transform(normaliseEmail)
-  .describe('optional; at most 254 characters; stored with its domain lower-cased (IDN in Unicode form)')
+  .describe(
+    'optional; at most 254 characters; stored with its domain lower-cased (IDN in Unicode form); one account per address, compared in any case',
+  )
 
 function isEmailAddress(value: string): boolean {
   if (!isEmailModule.default(value, { allow_utf8_local_part: true, require_tld: true, allow_ip_domain: false }))
@@ -48,11 +50,18 @@ export function makeRegisterBody(
   passwordMinLength: number,
   /** The password policy (UserService.newPasswordProblems), so that one 422 lists every field's problems. */
   passwordProblems: (password: string, account: { username: string; email?: string | null }) => string[],
+  /**
+   * REQUIRE_VERIFIED_EMAIL: `email` is required, since an account without an address could never
+   * be verified, so never log in.
+   */
+  { requireEmail = false }: { requireEmail?: boolean } = {},
 ) {
   return z
     .object({
       username: Username,
-      email: Email.nullish(),
+      email: requireEmail
+        ? Email.describe('required (REQUIRE_VERIFIED_EMAIL is on); at most 254 characters; unique in any case')
+        : Email.nullish(),
       password: z
         .string()
         .optional()
@@ -89,6 +98,9 @@ export const UserPublic = z.object({
   id: z.string().describe('immutable random id (UUID)'),
   username: z.string(),
   email: z.string().nullable(),
+  email_verified: z
+    .boolean()
+    .describe('true once a link sent to `email` was followed (POST /email/verify); never set by a client'),
   created_at: z.string().describe('ISO-8601 UTC timestamp'),
 })
 export type UserPublic = z.infer<typeof UserPublic>
@@ -139,6 +151,35 @@ export const PasswordChangeBody = z.object({
 })
 
 export const PasswordConfirmBody = z.object({ password: z.string().max(1024) })
+
+/** A password-reset or verification token as a client sends it back; its format is checked by the service. */
+const OneTimeToken = z.string().max(1024).describe('the `token` parameter of the link in the message')
+
+/**
+ * POST /password/forgot: the account by its e-mail address or its username, exactly one. The
+ * username is not held to the username rules here: one that cannot exist gets the same 202.
+ */
+export const ForgotPasswordBody = z
+  .object({
+    email: Email.optional().describe("the account's e-mail address (any case); send this or `username`"),
+    username: z.string().max(256).optional().describe('the username (any case); send this or `email`'),
+  })
+  .superRefine((body, ctx) => {
+    if ((body.email === undefined) === (body.username === undefined))
+      ctx.addIssue({ code: 'custom', path: [], message: 'send exactly one of email and username' })
+  })
+
+export const ResetPasswordBody = z.object({
+  token: OneTimeToken,
+  new_password: z.string().max(1024).describe('follows the registration rules'),
+})
+
+export const VerifyEmailBody = z.object({ token: OneTimeToken })
+
+export const EmailChangeBody = z.object({
+  password: z.string().max(1024).describe('the current password'),
+  new_email: Email.describe('the new address; it replaces the current one once the link sent to it is followed'),
+})
 
 /**
  * POST /token (RFC 6749 §4.3.2). Duplicate form fields arrive as arrays and fail `z.string()`, which

@@ -256,6 +256,7 @@ describe('DELETE /users/me', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: null,
+      email_verified: false,
       created_at: expect.any(String),
     })
     expect(again.json().id).not.toBe(id)

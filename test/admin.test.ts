@@ -1,7 +1,7 @@
 // Roles, scopes and the admin endpoints: scope grants at /token, 403 insufficient_scope,
 // GET/PATCH/DELETE /users, the first admin (ADMIN_USERNAME/ADMIN_PASSWORD at boot, and the
 // create-admin CLI against PostgreSQL), and the absence of default credentials.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../src/app.js'
@@ -30,6 +30,9 @@ import {
 import { createTestSchema, describeWith, type TestSchema } from './services.js'
 
 const ADMIN = { ADMIN_USERNAME: 'chief_admin', ADMIN_PASSWORD: 'granite-Orchid-63-velvet' }
+/** util-linux `script`, which gives a command a pseudo-terminal; without it the terminal tests are skipped. */
+const HAS_SCRIPT = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0
+if (!HAS_SCRIPT) console.warn('create-admin terminal tests skipped: util-linux `script` is not installed')
 const INSUFFICIENT_SCOPE = { detail: 'Insufficient scope' }
 const SCOPE_CHALLENGE = 'Bearer realm="fastify-auth-api", error="insufficient_scope", scope="admin"'
 const BCRYPT_HASH = /\$2[aby]\$\d{2}\$/
@@ -62,6 +65,7 @@ const adminView = (
   id: user.id,
   username: user.username,
   email: null,
+  email_verified: false,
   created_at: user.created_at,
   roles: ['user'],
   disabled: false,
@@ -71,7 +75,7 @@ const adminView = (
 async function registerUser(app: FastifyInstance, username = uniqueUsername('adm')) {
   const res = await register(app, { username, password: TEST_PASSWORD })
   expect(res.statusCode).toBe(201)
-  return res.json() as { id: string; username: string; email: null; created_at: string }
+  return res.json() as { id: string; username: string; email: null; email_verified: false; created_at: string }
 }
 
 let app: FastifyInstance
@@ -209,6 +213,7 @@ describe('GET /users', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username: ADMIN.ADMIN_USERNAME,
       email: null,
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
       roles: ['user', 'admin'],
       disabled: false,
@@ -797,4 +802,89 @@ describeWith('postgres', 'npm run create-admin (PostgreSQL)', () => {
     expect(result.code).toBe(1)
     expect(result.stderr).toMatch(/^create-admin: STORE=memory keeps nothing/)
   })
+
+  // At a terminal: `script` (util-linux) runs the CLI on a pseudo-terminal, and each answer is typed
+  // once its prompt shows. Enter sends a carriage return, as a terminal does.
+  describe.skipIf(!HAS_SCRIPT)('at a terminal', () => {
+    it.concurrent('asks twice without echo, needs no Ctrl-D, and creates the admin', async ({ expect }) => {
+      const result = await runCreateAdminAtTerminal('tty_admin', env, [ADMIN.ADMIN_PASSWORD, ADMIN.ADMIN_PASSWORD])
+      expect(result).toEqual({
+        code: 0,
+        output: 'Password: \r\nPassword again: \r\ncreate-admin: tty_admin is an admin\r\n',
+      })
+      expect(result.output).not.toContain(ADMIN.ADMIN_PASSWORD)
+
+      const server = await buildTestApp(env)
+      try {
+        expect((await login(server, 'tty_admin', ADMIN.ADMIN_PASSWORD)).scope).toBe('user admin')
+      } finally {
+        await server.close()
+      }
+    })
+
+    it.concurrent('exits 1 when the two passwords differ, and creates nobody', async ({ expect }) => {
+      const result = await runCreateAdminAtTerminal('tty_mismatch', env, [
+        ADMIN.ADMIN_PASSWORD,
+        'granite-Orchid-63-velvex',
+      ])
+      expect(result.code).toBe(1)
+      expect(result.output).toContain('create-admin: the two passwords differ: nothing changed')
+      expect(result.output).not.toContain('granite-Orchid')
+      const server = await buildTestApp(env)
+      try {
+        expect((await postToken(server, { username: 'tty_mismatch', password: ADMIN.ADMIN_PASSWORD })).json()).toEqual(
+          INVALID_GRANT,
+        )
+      } finally {
+        await server.close()
+      }
+    })
+
+    it.concurrent('stops on Ctrl-C (exit 130)', async ({ expect }) => {
+      const result = await runCreateAdminAtTerminal('tty_interrupted', env, ['\u0003'], { enter: false })
+      expect(result).toEqual({ code: 130, output: 'Password: \r\n' })
+    })
+  })
 })
+
+/**
+ * Runs the create-admin CLI from the sources on a pseudo-terminal: `answers[i]` is typed (then
+ * Enter, unless `enter` is false) once the i-th prompt has shown. `output` is everything the
+ * terminal showed, the CLI's stdout and stderr together, with the terminal's \r\n line ends.
+ */
+function runCreateAdminAtTerminal(
+  username: string,
+  env: Record<string, string>,
+  answers: string[],
+  { enter = true } = {},
+): Promise<{ code: number | null; output: string }> {
+  const base: Record<string, string> = {}
+  for (const name of ['PATH', 'HOME', 'TMPDIR', 'LANG']) {
+    const value = process.env[name]
+    if (value !== undefined) base[name] = value
+  }
+  const command = `'${process.execPath}' --import tsx src/cli/create-admin.ts --username ${username}`
+  return new Promise((resolve, reject) => {
+    // -q: no "Script started" lines; -e: its exit code is the command's; -c: the command; no log file.
+    const child = spawn('script', ['-qec', command, '/dev/null'], {
+      cwd: new URL('..', import.meta.url).pathname,
+      env: { ...base, SHELL: '/bin/sh', NODE_ENV: 'development', LOG_LEVEL: 'silent', AUDIT_LOG: 'false', ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    let output = ''
+    let typed = 0
+    const collect = (chunk: Buffer) => {
+      output += chunk
+      const prompts = output.match(/Password( again)?: /g)?.length ?? 0
+      while (typed < Math.min(prompts, answers.length)) child.stdin.write(`${answers[typed++]}${enter ? '\r' : ''}`)
+    }
+    child.stdout.on('data', collect)
+    child.stderr.on('data', collect)
+    child.on('error', reject)
+    // stdin stays open until the end: `script` would pass its end on to the terminal as Ctrl-D.
+    child.on('close', (code) => {
+      child.stdin.end()
+      resolve({ code, output })
+    })
+  })
+}

@@ -37,6 +37,7 @@ import {
   UUID_PATTERN,
   uniqueUsername,
 } from './helpers.js'
+import { recordStatuses } from './statuses.js'
 
 const ADMIN = { ADMIN_USERNAME: 'attack_admin', ADMIN_PASSWORD: 'cobalt-Willow-38-harbor' }
 const NOT_AUTHENTICATED = { detail: 'Not authenticated' }
@@ -51,7 +52,7 @@ const statuses: { status: number; what: string }[] = []
 
 /** The real app, with a hook that records every status it sends; closed in afterAll. */
 async function recordedApp(env: Record<string, string> = {}): Promise<FastifyInstance> {
-  const app = await buildApp(testConfig(env))
+  const app = recordStatuses(await buildApp(testConfig(env)))
   app.addHook('onResponse', async (request, reply) => {
     statuses.push({ status: reply.statusCode, what: `${request.method} ${request.url}` })
   })
@@ -534,6 +535,7 @@ describe('mass assignment (ASVS 15.3.3): privileged fields at /register are igno
     is_superuser: true,
     disabled: true,
     created_at: '2000-01-01T00:00:00.000Z',
+    email_verified: true,
     token_version: 99,
     tokenVersion: 99,
     ver: 99,
@@ -550,11 +552,12 @@ describe('mass assignment (ASVS 15.3.3): privileged fields at /register are igno
     token = (await login(app, username)).access_token
   })
 
-  it('answers 201 with only id, username, email and created_at, none of them taken from the request', () => {
+  it('answers 201 with only id, username, email, email_verified and created_at, none of them taken from the request', () => {
     expect(user).toEqual({
       id: expect.stringMatching(UUID_PATTERN),
       username: user.username,
       email: null,
+      email_verified: false,
       created_at: expect.any(String),
     })
     expect(user.id).not.toBe(sentId)

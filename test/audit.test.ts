@@ -6,6 +6,7 @@ import { pino } from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { buildApp } from '../src/app.js'
 import { lineCollector, postToken, register, TEST_PASSWORD, testConfig, uniqueUsername } from './helpers.js'
+import { recordStatuses } from './statuses.js'
 
 describe('audit outcomes of logins that were not checked', () => {
   let app: FastifyInstance | undefined
@@ -17,9 +18,11 @@ describe('audit outcomes of logins that were not checked', () => {
   it('records a shed login (503) as unavailable and a wrong password as failure', async () => {
     const audit = lineCollector()
     // One hash at a time and no queue: of concurrent logins, those that find the slot taken are shed.
-    app = await buildApp(testConfig({ HASH_CONCURRENCY: '1', HASH_QUEUE_MAX: '0', BCRYPT_ROUNDS: '8' }), {
-      audit: pino(audit.stream),
-    })
+    app = recordStatuses(
+      await buildApp(testConfig({ HASH_CONCURRENCY: '1', HASH_QUEUE_MAX: '0', BCRYPT_ROUNDS: '8' }), {
+        audit: pino(audit.stream),
+      }),
+    )
     const username = uniqueUsername()
     expect((await register(app, { username, password: TEST_PASSWORD })).statusCode).toBe(201)
 
@@ -38,9 +41,11 @@ describe('audit outcomes of logins that were not checked', () => {
 
   it('records a login whose database is unreachable as unavailable', async () => {
     const audit = lineCollector()
-    app = await buildApp(testConfig({ STORE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test' }), {
-      audit: pino(audit.stream),
-    })
+    app = recordStatuses(
+      await buildApp(testConfig({ STORE: 'postgres', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test' }), {
+        audit: pino(audit.stream),
+      }),
+    )
     const username = uniqueUsername()
     const res = await postToken(app, { username, password: TEST_PASSWORD })
     expect(res.statusCode).toBe(503)

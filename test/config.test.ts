@@ -1,10 +1,16 @@
 // loadConfig: defaults, parsing of empty and boolean variables, and the refusals that stop a boot.
 // Errors name the variable and never echo its value.
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { buildApp } from '../src/app.js'
 import { JWT_SECRET_PLACEHOLDER, loadConfig } from '../src/config.js'
 import { ConfigError } from '../src/errors.js'
+import { MIN_SECRET_ENTROPY_BITS, secretEntropyBits } from '../src/keys.js'
 import { type Env, TEST_SECRET } from './helpers.js'
+import { recordStatuses } from './statuses.js'
 
 const PRODUCTION = { NODE_ENV: 'production', JWT_SECRET: TEST_SECRET }
 
@@ -212,7 +218,9 @@ describe('loadConfig: secrets and production', () => {
   })
 
   it('builds an app for every TRUST_PROXY that config accepts (Fastify compiles the same list)', async () => {
-    const app = await buildApp(loadConfig({ TRUST_PROXY: 'loopback, fe80::/10, 10.0.0.0/8, ::ffff:192.0.2.1' }))
+    const app = recordStatuses(
+      await buildApp(loadConfig({ TRUST_PROXY: 'loopback, fe80::/10, 10.0.0.0/8, ::ffff:192.0.2.1' })),
+    )
     await app.ready()
     const res = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-forwarded-for': '203.0.113.9' } })
     expect(res.statusCode).toBe(200)
@@ -249,12 +257,146 @@ describe('loadConfig: secrets and production', () => {
 describe('DOCS_ENABLED default', () => {
   it('serves the docs by default in development and not in production', () => {
     expect(loadConfig({}).docsEnabled).toBe(true)
-    expect(loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), BCRYPT_ROUNDS: '12' }).docsEnabled).toBe(
-      false,
-    )
+    expect(loadConfig({ ...PRODUCTION, BCRYPT_ROUNDS: '12' }).docsEnabled).toBe(false)
+    expect(loadConfig({ ...PRODUCTION, BCRYPT_ROUNDS: '12', DOCS_ENABLED: 'true' }).docsEnabled).toBe(true)
+  })
+})
+
+describe('loadConfig: values that look right but are not', () => {
+  it.each(['8000 ', ' 8000', '1e3', '0x1F', '+80', '80.0', '8_000'])(
+    'refuses PORT=%j: decimal digits only, naming the rule',
+    (value) => {
+      expect(configError({ PORT: value }).problems).toEqual([
+        'PORT: must be a whole number in decimal digits (no spaces, sign, decimal point or exponent)',
+      ])
+    },
+  )
+
+  it('still reads plain digits, leading zeros included', () => {
+    expect(loadConfig({ PORT: '08080', HASH_CONCURRENCY: '3' })).toMatchObject({
+      port: 8080,
+      password: { hashConcurrency: 3 },
+    })
+  })
+
+  it.each(['JWT_ISSUER', 'JWT_AUDIENCE', 'HOST'])('refuses a whitespace-only %s as blank', (name) => {
+    expect(configError({ [name]: '   ' }).problems).toEqual([`${name}: must not be blank (only spaces)`])
+  })
+
+  it.each(['a"b', 'a\\b'])('refuses AUTH_REALM=%j naming the refused characters', (value) => {
+    expect(configError({ AUTH_REALM: value }).problems).toEqual([
+      'AUTH_REALM: must not contain " or \\ (they would end or escape the quoted realm in WWW-Authenticate)',
+    ])
+  })
+
+  it('refuses a non-ASCII AUTH_REALM with one problem, not two', () => {
+    expect(configError({ AUTH_REALM: 'réalm"' }).problems).toEqual([
+      'AUTH_REALM: must be 1 to 64 printable ASCII characters',
+    ])
+  })
+
+  it('reports one problem as exactly one line, with no header', () => {
+    const err = configError({ PORT: 'abc' })
+    expect(err.problems).toHaveLength(1)
+    expect(err.message).toBe(err.problems[0])
+    expect(err.message).not.toContain('\n')
+  })
+})
+
+describe('loadConfig: secret strength in production', () => {
+  it.each([
+    ['42 × a', 'a'.repeat(42)],
+    ['ab × 21', 'ab'.repeat(21)],
+    ['abc × 14', 'abc'.repeat(14)],
+  ])('refuses a long JWT_SECRET with almost no entropy (%s), without echoing it', (_label, secret) => {
+    const err = configError({ NODE_ENV: 'production', JWT_SECRET: secret })
+    expect(err.problems).toEqual([expect.stringMatching(/^JWT_SECRET: is too repetitive to be random/)])
+    expect(err.message).not.toContain(secret)
+  })
+
+  it('estimates entropy as documented: Shannon entropy of the characters × length', () => {
+    expect(secretEntropyBits('a'.repeat(42))).toBe(0)
+    expect(secretEntropyBits('ab'.repeat(21))).toBe(42)
+    expect(secretEntropyBits(TEST_SECRET)).toBeGreaterThanOrEqual(MIN_SECRET_ENTROPY_BITS)
+  })
+
+  it("accepts the tests' secret and `openssl rand -base64 32` / `-hex 32`-style secrets", () => {
+    expect(loadConfig(PRODUCTION).env).toBe('production')
+    for (let i = 0; i < 200; i++) {
+      for (const secret of [randomBytes(32).toString('base64'), randomBytes(32).toString('hex')]) {
+        expect(loadConfig({ NODE_ENV: 'production', JWT_SECRET: secret }).jwt.secret).toBe(secret)
+      }
+    }
+  })
+
+  it('leaves development alone: a repetitive secret is a production refusal only', () => {
+    expect(loadConfig({ JWT_SECRET: 'a'.repeat(42) }).jwt.secretGenerated).toBe(false)
+  })
+
+  it('applies the same rule to a previous HS256 secret in JWT_PREVIOUS_KEYS', () => {
+    const err = configError({ ...PRODUCTION, JWT_PREVIOUS_KEYS: 'b'.repeat(40) })
+    expect(err.problems).toEqual([
+      expect.stringMatching(/^JWT_PREVIOUS_KEYS: a previous HS256 secret is too repetitive/),
+    ])
+    expect(err.message).not.toContain('b'.repeat(40))
+  })
+})
+
+describe('loadConfig: key files', () => {
+  function ed25519Files() {
+    const dir = mkdtempSync(join(tmpdir(), 'config-keys-'))
+    const pair = generateKeyPairSync('ed25519')
+    const priv = join(dir, 'private.pem')
+    const pub = join(dir, 'public.pem')
+    writeFileSync(priv, pair.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string)
+    writeFileSync(pub, pair.publicKey.export({ format: 'pem', type: 'spki' }) as string)
+    return { dir, priv, pub }
+  }
+
+  it('does not demand JWT_SECRET in production when a key file signs (EdDSA)', () => {
+    const files = ed25519Files()
+    const config = loadConfig({
+      NODE_ENV: 'production',
+      JWT_ALGORITHM: 'EdDSA',
+      JWT_PRIVATE_KEY_FILE: files.priv,
+      JWT_PUBLIC_KEY_FILE: files.pub,
+    })
+    expect(config.jwt.algorithm).toBe('EdDSA')
+    expect(config.jwt.keys.ephemeral).toBe(false)
+  })
+
+  it('still demands JWT_SECRET in production with HS256, naming the algorithm', () => {
+    expect(configError({ NODE_ENV: 'production' }).problems).toEqual([
+      'JWT_SECRET: is required in production with JWT_ALGORITHM=HS256',
+    ])
+  })
+
+  it('names the variable, the path and the reason when a key file is missing or not a file', () => {
+    const files = ed25519Files()
+    const missing = join(files.dir, 'missing.pem')
+    expect(configError({ JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: missing }).problems).toEqual([
+      `JWT_PRIVATE_KEY_FILE: cannot read ${missing} (no such file)`,
+    ])
     expect(
-      loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'p'.repeat(40), BCRYPT_ROUNDS: '12', DOCS_ENABLED: 'true' })
-        .docsEnabled,
-    ).toBe(true)
+      configError({ JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: files.priv, JWT_PUBLIC_KEY_FILE: files.dir })
+        .problems,
+    ).toEqual([`JWT_PUBLIC_KEY_FILE: cannot read ${files.dir} (is a directory)`])
+  })
+
+  it('refuses key files with HS256 (they would be ignored), naming each variable set', () => {
+    const files = ed25519Files()
+    expect(configError({ JWT_PRIVATE_KEY_FILE: files.priv }).problems).toEqual([
+      expect.stringMatching(/^JWT_PRIVATE_KEY_FILE: set, but JWT_ALGORITHM is HS256/),
+    ])
+    expect(configError({ JWT_PRIVATE_KEY_FILE: files.priv, JWT_PUBLIC_KEY_FILE: files.pub }).problems).toEqual([
+      expect.stringMatching(/^JWT_PRIVATE_KEY_FILE, JWT_PUBLIC_KEY_FILE: set, but JWT_ALGORITHM is HS256/),
+    ])
+  })
+
+  it('refuses JWT_PUBLIC_KEY_FILE without JWT_PRIVATE_KEY_FILE instead of ignoring it', () => {
+    const files = ed25519Files()
+    expect(configError({ JWT_ALGORITHM: 'EdDSA', JWT_PUBLIC_KEY_FILE: files.pub }).problems).toEqual([
+      expect.stringMatching(/^JWT_PUBLIC_KEY_FILE: set without JWT_PRIVATE_KEY_FILE/),
+    ])
   })
 })

@@ -6,6 +6,7 @@ import { Writable } from 'node:stream'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { type AppDeps, buildApp } from '../src/app.js'
 import { type Config, loadConfig } from '../src/config.js'
+import { recordStatuses } from './statuses.js'
 
 /** A fixed, random-looking 256-bit secret (43 base64url characters), used only by tests. */
 export const TEST_SECRET = 'c1jCsJlYK1mUdQyC02Klplg2zj8a9NSeOiUblLv2_GM'
@@ -42,9 +43,12 @@ export function testConfig(overrides: Env = {}): Config {
   })
 }
 
-/** The real app (real bcrypt at cost 4, real JWT, real store), ready for inject. The caller closes it. */
+/**
+ * The real app (real bcrypt at cost 4, real JWT, real store), ready for inject. The caller closes it.
+ * Its statuses are recorded for scripts/check-statuses.mjs (test/statuses.ts).
+ */
 export async function buildTestApp(overrides: Env = {}, deps: AppDeps = {}): Promise<FastifyInstance> {
-  const app = await buildApp(testConfig(overrides), deps)
+  const app = recordStatuses(await buildApp(testConfig(overrides), deps))
   await app.ready()
   return app
 }
@@ -125,6 +129,7 @@ export interface PublicUser {
   id: string
   username: string
   email: string | null
+  email_verified: boolean
   created_at: string
 }
 

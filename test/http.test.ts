@@ -5,7 +5,17 @@ import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../src/app.js'
 import { MemoryUserStore } from '../src/store/users.js'
-import { buildTestApp, lineCollector, listen, readJson, TEST_PASSWORD, testConfig, uniqueUsername } from './helpers.js'
+import {
+  buildTestApp,
+  type JsonBody,
+  lineCollector,
+  listen,
+  readJson,
+  TEST_PASSWORD,
+  testConfig,
+  uniqueUsername,
+} from './helpers.js'
+import { recordStatuses } from './statuses.js'
 
 const JSON_UTF8 = 'application/json; charset=utf-8'
 
@@ -115,9 +125,101 @@ describe('HTTP basics over a real socket', () => {
     expect(security.some((requirement) => name in requirement)).toBe(true)
   })
 
-  it('declares no fixed servers (Swagger UI then calls its own origin)', async () => {
+  it('declares one relative server, so that Swagger UI calls the origin it was loaded from', async () => {
     const doc = await readJson(await fetch(`${base}/openapi.json`))
-    expect(doc.servers).toBeUndefined()
+    expect(doc.servers).toEqual([{ url: '/', description: expect.any(String) }])
+  })
+
+  // The operationIds are a contract: client generators name their methods after them. A new route
+  // adds its own (checked below for form and uniqueness); these never change.
+  const OPERATION_IDS: Record<string, string> = {
+    'GET /': 'welcome',
+    'GET /healthz': 'health',
+    'GET /readyz': 'ready',
+    'GET /.well-known/jwks.json': 'getJwks',
+    'POST /register': 'register',
+    'POST /token': 'token',
+    'POST /revoke': 'revoke',
+    'POST /logout': 'logout',
+    'GET /users/me': 'getCurrentUser',
+    'POST /users/me/password': 'changePassword',
+    'DELETE /users/me': 'deleteCurrentUser',
+    'GET /users': 'listUsers',
+    'GET /users/{id}': 'getUser',
+    'PATCH /users/{id}': 'updateUser',
+    'DELETE /users/{id}': 'deleteUser',
+  }
+  const BEARER = { OAuth2PasswordBearer: [] }
+  const ADMIN = { OAuth2PasswordBearer: ['admin'] }
+  type Operation = { operationId?: string; summary?: string; security?: unknown[]; responses: Record<string, JsonBody> }
+  async function operations(): Promise<[string, Operation][]> {
+    const doc = await readJson(await fetch(`${base}/openapi.json`))
+    return Object.entries(doc.paths as Record<string, Record<string, Operation>>).flatMap(([path, item]) =>
+      Object.entries(item).map(([method, op]): [string, Operation] => [`${method.toUpperCase()} ${path}`, op]),
+    )
+  }
+
+  it('names every operation with a unique camelCase operationId and a summary; the known ones keep theirs', async () => {
+    const ops = await operations()
+    const ids = Object.fromEntries(ops.map(([name, op]) => [name, op.operationId]))
+    expect(ids).toMatchObject(OPERATION_IDS)
+    for (const [name, op] of ops) {
+      expect(op.operationId, name).toMatch(/^[a-z][A-Za-z0-9]*$/)
+      expect(op.summary, name).toMatch(/\S/)
+    }
+    expect(new Set(Object.values(ids)).size).toBe(ops.length)
+  })
+
+  it('states the security of every operation: [] when public, the OAuth2 scheme (and scope) otherwise', async () => {
+    const ops = Object.fromEntries(await operations())
+    const publicOps = ['GET /', 'GET /healthz', 'GET /readyz', 'GET /.well-known/jwks.json', 'POST /register']
+    for (const name of [...publicOps, 'POST /token', 'POST /revoke']) expect(ops[name]?.security, name).toEqual([])
+    for (const name of ['POST /logout', 'GET /users/me', 'POST /users/me/password', 'DELETE /users/me'])
+      expect(ops[name]?.security, name).toEqual([BEARER])
+    for (const name of ['GET /users', 'GET /users/{id}', 'PATCH /users/{id}', 'DELETE /users/{id}'])
+      expect(ops[name]?.security, name).toEqual([ADMIN])
+    // Never left out: an operation without `security` would say nothing about what it needs.
+    for (const [name, op] of Object.entries(ops)) expect(op.security, name).toEqual(expect.any(Array))
+  })
+
+  it('describes every response (never "Default Response") with x-request-id and Cache-Control', async () => {
+    for (const [name, op] of await operations())
+      for (const [status, response] of Object.entries(op.responses)) {
+        expect(response.description, `${name} ${status}`).toMatch(/\S/)
+        expect(response.description, `${name} ${status}`).not.toBe('Default Response')
+        expect(Object.keys(response.headers ?? {}), `${name} ${status}`).toEqual(
+          expect.arrayContaining(['x-request-id', 'Cache-Control']),
+        )
+      }
+  })
+
+  it('documents the headers of each error: WWW-Authenticate, Allow, Retry-After', async () => {
+    const has = (response: JsonBody | undefined, header: string) =>
+      Object.keys(response?.headers ?? {}).includes(header)
+    for (const [name, op] of await operations()) {
+      const { responses, security = [] } = op
+      // Every operation lists 405 (another method on its path) and 500.
+      expect(Object.keys(responses), name).toEqual(expect.arrayContaining(['405', '500']))
+      expect(has(responses['405'], 'Allow'), `${name} 405`).toBe(true)
+      // A protected operation can answer 401, one that needs the admin scope 403 too; both with the
+      // Bearer challenge.
+      if (security.length > 0) expect(has(responses['401'], 'WWW-Authenticate'), `${name} 401`).toBe(true)
+      if (JSON.stringify(security).includes('"admin"'))
+        expect(has(responses['403'], 'WWW-Authenticate'), `${name} 403`).toBe(true)
+      for (const status of ['401', '403'])
+        if (responses[status]) expect(has(responses[status], 'WWW-Authenticate'), `${name} ${status}`).toBe(true)
+      if (responses['429']) expect(has(responses['429'], 'Retry-After'), `${name} 429`).toBe(true)
+      // A 503 sheds load or reports a store that cannot be reached: retry later. Not the readiness
+      // probe's: it reports, and the orchestrator polls on its own schedule.
+      if (responses['503'] && name !== 'GET /readyz')
+        expect(has(responses['503'], 'Retry-After'), `${name} 503`).toBe(true)
+    }
+  })
+
+  it('configures Swagger UI to load /openapi.json, the document its top bar then names', async () => {
+    const res = await fetch(`${base}/docs/static/swagger-initializer.js`)
+    expect(res.status).toBe(200)
+    expect(await res.text()).toContain('"urls":[{"url":"/openapi.json","name":"/openapi.json"}]')
   })
 
   it('serves Swagger UI at /docs as HTML', async () => {
@@ -164,10 +266,12 @@ describe('unexpected errors', () => {
   let base: string
   const log = lineCollector()
   beforeAll(async () => {
-    app = await buildApp(testConfig(), {
-      stores: { users: new BrokenStore() },
-      logger: { level: 'error', stream: log.stream },
-    })
+    app = recordStatuses(
+      await buildApp(testConfig(), {
+        stores: { users: new BrokenStore() },
+        logger: { level: 'error', stream: log.stream },
+      }),
+    )
     base = await listen(app)
   })
   afterAll(async () => {
@@ -225,7 +329,7 @@ describe('audit log', () => {
   let base: string
   const audit = lineCollector()
   beforeAll(async () => {
-    app = await buildApp(testConfig(), { audit: pino(audit.stream) })
+    app = recordStatuses(await buildApp(testConfig(), { audit: pino(audit.stream) }))
     base = await listen(app)
   })
   afterAll(async () => {

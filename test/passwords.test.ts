@@ -1,19 +1,23 @@
 // Passwords as users type them: one preparation (RFC 8265 OpaqueString: NFC, non-ASCII spaces
 // mapped to U+0020, control characters refused) on every path a password enters; new passwords
-// that equal the account's own details; and hashes of another bcrypt cost, re-hashed on login
-// without letting a wrong password on such an account answer faster than an unknown user's.
+// that equal the account's own details; and hashes of another bcrypt cost, re-hashed on login (but
+// not during shutdown) without letting a wrong password on such an account answer faster than an
+// unknown user's.
 import bcrypt from 'bcrypt'
 import type { FastifyInstance } from 'fastify'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
+import { buildApp } from '../src/app.js'
 import { MemoryUserStore } from '../src/store/users.js'
 import {
   authed,
   buildTestApp,
   INVALID_GRANT,
+  listen,
   postToken,
   register,
   registerAndLogin,
   TEST_PASSWORD,
+  testConfig,
   uniqueUsername,
 } from './helpers.js'
 
@@ -247,5 +251,31 @@ describe('a changed bcrypt cost', () => {
     const res = await postToken(current, { username: uniqueUsername(), password: 'not-the-Password-1' })
     expect(res.json()).toEqual(INVALID_GRANT)
     expect(compare.mock.calls.map((call) => bcrypt.getRounds(call[1] as unknown as string))).toEqual([5])
+  })
+
+  // A re-hash started during shutdown would hold the process's exit until bcrypt finishes (exit
+  // waits for libuv's thread pool): with SIGTERM during such a login, the server exited a whole
+  // hash after answering.
+  it('starts no re-hash once the app is closing; the login in flight still answers 200', async () => {
+    const username = uniqueUsername()
+    expect((await register(cheap, { username, password: TEST_PASSWORD })).statusCode).toBe(201)
+    const app = await buildApp(testConfig({ BCRYPT_ROUNDS: '5' }), { stores: { users: store } })
+    let closed: Promise<void> | undefined
+    // Closing begins while the login is in flight, as when SIGTERM arrives during it.
+    app.addHook('preHandler', async (request) => {
+      if (request.url === '/token') closed = app.close()
+    })
+    const base = await listen(app)
+    const hash = vi.spyOn(bcrypt, 'hash')
+
+    const res = await fetch(`${base}/token`, {
+      method: 'POST',
+      body: new URLSearchParams({ username, password: TEST_PASSWORD }),
+    })
+
+    expect(res.status).toBe(200)
+    await closed
+    expect(hash).not.toHaveBeenCalled()
+    expect(await storedCost(username)).toBe(4)
   })
 })

@@ -35,7 +35,7 @@ afterAll(async () => {
 })
 
 describe('POST /register: success', () => {
-  it('returns 201 with id, username as sent, email and created_at, and no-store', async () => {
+  it('returns 201 with id, username as sent, email, email_verified and created_at, and no-store', async () => {
     const username = uniqueUsername('New.User')
     const before = Date.now()
     const res = await register(app, { username, email: 'new.user@example.com', password: TEST_PASSWORD })
@@ -48,6 +48,7 @@ describe('POST /register: success', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: 'new.user@example.com',
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
     })
     const created = Date.parse(body.created_at)
@@ -64,6 +65,7 @@ describe('POST /register: success', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: null,
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
     })
   })
@@ -86,13 +88,14 @@ describe('POST /register: success', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: null,
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
     })
     const login = await postToken(app, { username, password: TEST_PASSWORD })
     expect(login.statusCode).toBe(200)
   })
 
-  it('ignores unknown fields (id, role, is_admin, created_at) and never reflects or stores them', async () => {
+  it('ignores unknown fields (id, role, is_admin, email_verified, created_at) and never reflects or stores them', async () => {
     const username = uniqueUsername()
     const forgedId = '00000000-0000-4000-8000-000000000000'
     const res = await register(app, {
@@ -101,6 +104,7 @@ describe('POST /register: success', () => {
       id: forgedId,
       role: 'admin',
       is_admin: true,
+      email_verified: true,
       created_at: '2000-01-01T00:00:00.000Z',
     })
 
@@ -110,6 +114,7 @@ describe('POST /register: success', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: null,
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
     })
     expect(body.id).not.toBe(forgedId)
@@ -141,6 +146,7 @@ describe('POST /register: success', () => {
       id: expect.stringMatching(UUID_PATTERN),
       username,
       email: null,
+      email_verified: false,
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
     })
   })

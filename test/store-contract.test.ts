@@ -9,13 +9,24 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
-import { LastAdminError } from '../src/errors.js'
+import { EmailTakenError, LastAdminError } from '../src/errors.js'
 import { CachedUserStore } from '../src/store/cache.js'
 import { type CounterStore, MemoryCounterStore } from '../src/store/counters.js'
 import { defaultMigrationsDir, migrate } from '../src/store/migrate.js'
-import { PostgresDenyList, PostgresSessionStore, PostgresUserStore } from '../src/store/postgres.js'
+import {
+  PostgresDenyList,
+  PostgresOneTimeTokenStore,
+  PostgresSessionStore,
+  PostgresUserStore,
+} from '../src/store/postgres.js'
 import { createRedis, RedisCounterStore, RedisDenyList, redisReady } from '../src/store/redis.js'
 import { type DenyList, MemoryDenyList, MemorySessionStore, type SessionStore } from '../src/store/sessions.js'
+import {
+  MemoryOneTimeTokenStore,
+  type OneTimeTokenPurpose,
+  type OneTimeTokenRecord,
+  type OneTimeTokenStore,
+} from '../src/store/tokens.js'
 import { MemoryUserStore, type NewUser, type UserStore } from '../src/store/users.js'
 import { createTestSchema, describeWith, REDIS_URL, redisPrefix, type TestSchema } from './services.js'
 
@@ -61,7 +72,7 @@ function userStoreContract(make: () => Promise<UserStore>): void {
   it('creates a user with the defaults: enabled, token version 0', async () => {
     const input = newUser('Alice', { email: 'alice@example.com', roles: ['user', 'admin'] })
     const created = await store().create(input)
-    expect(created).toEqual({ ...input, disabled: false, tokenVersion: 0 })
+    expect(created).toEqual({ ...input, emailVerified: false, disabled: false, tokenVersion: 0 })
     expect(await userCount(store())).toBe(1)
   })
 
@@ -75,7 +86,12 @@ function userStoreContract(make: () => Promise<UserStore>): void {
   it('finds a user by id, and nothing for an unknown or malformed id', async () => {
     const input = newUser('bob.by-id', { email: 'b@example.com' })
     await store().create(input)
-    expect(await store().findById(input.id)).toEqual({ ...input, disabled: false, tokenVersion: 0 })
+    expect(await store().findById(input.id)).toEqual({
+      ...input,
+      emailVerified: false,
+      disabled: false,
+      tokenVersion: 0,
+    })
     expect(await store().findById(randomUUID())).toBeUndefined()
     expect(await store().findById('not-a-uuid')).toBeUndefined()
   })
@@ -102,7 +118,14 @@ function userStoreContract(make: () => Promise<UserStore>): void {
     const input = newUser('dave', { email: 'dave@example.com' })
     await store().create(input)
     const updated = await store().update(input.id, { passwordHash: 'new-hash', roles: ['user', 'admin'] })
-    const expected = { ...input, passwordHash: 'new-hash', roles: ['user', 'admin'], disabled: false, tokenVersion: 0 }
+    const expected = {
+      ...input,
+      emailVerified: false,
+      passwordHash: 'new-hash',
+      roles: ['user', 'admin'],
+      disabled: false,
+      tokenVersion: 0,
+    }
     expect(updated).toEqual(expected)
     expect(await store().update(input.id, { disabled: true })).toEqual({ ...expected, disabled: true })
     expect(await store().update(input.id, {})).toEqual({ ...expected, disabled: true })
@@ -120,6 +143,7 @@ function userStoreContract(make: () => Promise<UserStore>): void {
     expect(await store().replacePasswordHash(input.id, input.passwordHash, 'rehashed')).toBe(true)
     expect(await store().findById(input.id)).toEqual({
       ...input,
+      emailVerified: false,
       passwordHash: 'rehashed',
       disabled: false,
       tokenVersion: 0,
@@ -188,6 +212,87 @@ function userStoreContract(make: () => Promise<UserStore>): void {
     await store().create(newUser('one'))
     await store().create(newUser('two'))
     expect(await userCount(store())).toBe(2)
+  })
+
+  describe('e-mail addresses: one account per address, in any case', () => {
+    it('finds a user by address in any case, and nothing for another address', async () => {
+      const input = newUser('finn', { email: 'Finn.Mail@Example.com' })
+      await store().create(input)
+      for (const email of ['Finn.Mail@Example.com', 'finn.mail@example.com', 'FINN.MAIL@EXAMPLE.COM'])
+        expect((await store().findByEmail(email))?.id).toBe(input.id)
+      expect(await store().findByEmail('finn.mail2@example.com')).toBeUndefined()
+    })
+
+    it('throws EmailTakenError for an address taken in another case, storing nothing, and keeps the first', async () => {
+      const first = newUser('gale', { email: 'gale@example.com' })
+      await store().create(first)
+      await expect(store().create(newUser('gale2', { email: 'GALE@example.COM' }))).rejects.toBeInstanceOf(
+        EmailTakenError,
+      )
+      expect(await userCount(store())).toBe(1)
+      expect(await store().findByUsername('gale2')).toBeUndefined()
+      expect((await store().findByEmail('gale@example.com'))?.id).toBe(first.id)
+    })
+
+    it('answers a taken name (null) before a taken address, and lets any number of accounts have none', async () => {
+      await store().create(newUser('hope', { email: 'hope@example.com' }))
+      expect(await store().create(newUser('HOPE', { email: 'hope@example.com' }))).toBeNull()
+      expect(await store().create(newUser('nomail1'))).not.toBeNull()
+      expect(await store().create(newUser('nomail2'))).not.toBeNull()
+    })
+
+    it('changes the address and its verification, freeing the old address', async () => {
+      const input = newUser('ivy', { email: 'ivy@example.com' })
+      await store().create(input)
+      expect(await store().update(input.id, { emailVerified: true })).toMatchObject({
+        email: 'ivy@example.com',
+        emailVerified: true,
+      })
+      const moved = await store().update(input.id, { email: 'ivy@example.org', emailVerified: true })
+      expect(moved).toEqual({
+        ...input,
+        email: 'ivy@example.org',
+        emailVerified: true,
+        disabled: false,
+        tokenVersion: 0,
+      })
+      expect((await store().findByEmail('IVY@example.org'))?.id).toBe(input.id)
+      expect(await store().findByEmail('ivy@example.com')).toBeUndefined()
+      expect(await store().create(newUser('ivy2', { email: 'ivy@example.com' }))).not.toBeNull()
+      // The same address in another case is the account's own: no conflict.
+      expect(await store().update(input.id, { email: 'Ivy@Example.org' })).toMatchObject({ email: 'Ivy@Example.org' })
+    })
+
+    it("refuses to change to another account's address, changing nothing", async () => {
+      const [a, b] = [newUser('jade', { email: 'jade@example.com' }), newUser('kai', { email: 'kai@example.com' })]
+      await store().create(a)
+      await store().create(b)
+      await expect(
+        store().update(a.id, { email: 'KAI@example.com', emailVerified: true, bumpTokenVersion: true }),
+      ).rejects.toBeInstanceOf(EmailTakenError)
+      expect(await store().findById(a.id)).toMatchObject({
+        email: 'jade@example.com',
+        emailVerified: false,
+        tokenVersion: 0,
+      })
+      expect((await store().findByEmail('kai@example.com'))?.id).toBe(b.id)
+    })
+
+    it('frees the address of a deleted account', async () => {
+      const input = newUser('lee', { email: 'lee@example.com' })
+      await store().create(input)
+      expect(await store().delete(input.id)).toBe(true)
+      expect(await store().findByEmail('lee@example.com')).toBeUndefined()
+      expect(await store().create(newUser('lee2', { email: 'Lee@example.com' }))).not.toBeNull()
+    })
+
+    it('keeps the verification through a password re-hash', async () => {
+      const input = newUser('mo', { email: 'mo@example.com' })
+      await store().create(input)
+      await store().update(input.id, { emailVerified: true })
+      expect(await store().replacePasswordHash(input.id, input.passwordHash, 'rehashed')).toBe(true)
+      expect(await store().findById(input.id)).toMatchObject({ emailVerified: true, email: 'mo@example.com' })
+    })
   })
 
   describe('keepAnAdmin: never leaves no enabled admin', () => {
@@ -648,12 +753,122 @@ function sharedDenyListContract(make: () => Promise<DenyList>): void {
   })
 }
 
+// --- one-time tokens (password reset, e-mail verification) -------------------------------------
+
+interface OneTimeTokenHarness {
+  tokens: OneTimeTokenStore
+  /** A user id tokens can belong to (the PostgreSQL store requires the user to exist). */
+  addUser(): Promise<string>
+  close(): Promise<void>
+}
+
+function oneTimeTokenStoreContract(make: () => Promise<OneTimeTokenHarness>): void {
+  const harness = perTest(make)
+  const tokens = () => harness().tokens
+  // Whole milliseconds, as a Date round-trips through PostgreSQL; `now` is the caller's clock.
+  const now = new Date(Math.floor(Date.now() / 1000) * 1000)
+  const later = (ms: number) => new Date(+now + ms)
+
+  async function token(
+    purpose: OneTimeTokenPurpose = 'password_reset',
+    overrides: Partial<OneTimeTokenRecord> = {},
+  ): Promise<OneTimeTokenRecord> {
+    return {
+      hash: randomUUID().replaceAll('-', ''),
+      purpose,
+      userId: overrides.userId ?? (await harness().addUser()),
+      email: 'owner@example.com',
+      userVersion: 3,
+      createdAt: now,
+      expiresAt: later(30 * 60_000),
+      ...overrides,
+    }
+  }
+
+  it('finds an issued token, unchanged, until it is consumed, then never again', async () => {
+    const t = await token()
+    expect(await tokens().issue(t)).toBe(true)
+    expect(await tokens().find(t.hash, 'password_reset', now)).toEqual(t)
+    expect(await tokens().find(t.hash, 'password_reset', now)).toEqual(t)
+    expect(await tokens().consume(t.hash, 'password_reset', now)).toEqual(t)
+    expect(await tokens().consume(t.hash, 'password_reset', now)).toBeUndefined()
+    expect(await tokens().find(t.hash, 'password_reset', now)).toBeUndefined()
+  })
+
+  it('refuses a token for the other purpose, and leaves it usable for its own', async () => {
+    const t = await token('email_verify')
+    await tokens().issue(t)
+    expect(await tokens().find(t.hash, 'password_reset', now)).toBeUndefined()
+    expect(await tokens().consume(t.hash, 'password_reset', now)).toBeUndefined()
+    expect(await tokens().consume(t.hash, 'email_verify', now)).toEqual(t)
+  })
+
+  it('refuses a token from its expiry on, by the clock the caller gives', async () => {
+    const t = await token('password_reset', { expiresAt: later(60_000) })
+    await tokens().issue(t)
+    expect(await tokens().find(t.hash, 'password_reset', later(59_999))).toEqual(t)
+    expect(await tokens().find(t.hash, 'password_reset', later(60_000))).toBeUndefined()
+    expect(await tokens().consume(t.hash, 'password_reset', later(60_000))).toBeUndefined()
+    expect(await tokens().consume(t.hash, 'password_reset', later(59_999))).toEqual(t)
+  })
+
+  it("keeps one live token per account and purpose: a new one ends the earlier, and no other's", async () => {
+    const userId = await harness().addUser()
+    const other = await token('password_reset')
+    const [first, second] = [await token('password_reset', { userId }), await token('password_reset', { userId })]
+    const verification = await token('email_verify', { userId })
+    for (const t of [other, first, verification, second]) expect(await tokens().issue(t)).toBe(true)
+    expect(await tokens().find(first.hash, 'password_reset', now)).toBeUndefined()
+    expect(await tokens().consume(first.hash, 'password_reset', now)).toBeUndefined()
+    expect(await tokens().find(second.hash, 'password_reset', now)).toEqual(second)
+    expect(await tokens().find(verification.hash, 'email_verify', now)).toEqual(verification)
+    expect(await tokens().find(other.hash, 'password_reset', now)).toEqual(other)
+  })
+
+  it('lets exactly one of many concurrent consumes of one token have it', async () => {
+    const t = await token()
+    await tokens().issue(t)
+    const results = await Promise.all(Array.from({ length: 10 }, () => tokens().consume(t.hash, 'password_reset', now)))
+    expect(results.filter((r) => r !== undefined)).toEqual([t])
+  })
+
+  it('leaves one live token when two are issued for one account at once', async () => {
+    const userId = await harness().addUser()
+    const issued = await Promise.all(Array.from({ length: 6 }, () => token('email_verify', { userId })))
+    await Promise.all(issued.map((t) => tokens().issue(t)))
+    const live = await Promise.all(issued.map((t) => tokens().find(t.hash, 'email_verify', now)))
+    expect(live.filter((t) => t !== undefined)).toHaveLength(1)
+  })
+
+  it('sweeps expired tokens only, and says how many', async () => {
+    const [expired, live] = [await token('password_reset', { expiresAt: later(1000) }), await token('email_verify')]
+    await tokens().issue(expired)
+    await tokens().issue(live)
+    expect(await tokens().sweep(later(1000))).toBe(1)
+    expect(await tokens().sweep(later(1000))).toBe(0)
+    expect(await tokens().find(live.hash, 'email_verify', now)).toEqual(live)
+    expect(await tokens().find(expired.hash, 'password_reset', now)).toBeUndefined()
+  })
+}
+
 // --- the in-memory reference -------------------------------------------------------------------
 
 describe('memory stores', () => {
   describe('MemoryUserStore', () => userStoreContract(async () => new MemoryUserStore()))
   // The cache in front of a store changes nothing a caller can see through it (options included).
   describe('CachedUserStore', () => userStoreContract(async () => new CachedUserStore(new MemoryUserStore(), 60_000)))
+  it('CachedUserStore reads past its cache when asked for a fresh record (a change made elsewhere)', async () => {
+    const inner = new MemoryUserStore()
+    const cached = new CachedUserStore(inner, 60_000)
+    const user = newUser('elsewhere')
+    await cached.create(user)
+    expect((await cached.findById(user.id))?.tokenVersion).toBe(0)
+    // Another instance changes the record: this cache does not know.
+    await inner.update(user.id, { bumpTokenVersion: true })
+    expect((await cached.findById(user.id))?.tokenVersion).toBe(0)
+    expect((await cached.findById(user.id, { fresh: true }))?.tokenVersion).toBe(1)
+    expect((await cached.findById(user.id))?.tokenVersion).toBe(1)
+  })
   describe('MemorySessionStore', () =>
     sessionStoreContract(async () => ({
       sessions: new MemorySessionStore(),
@@ -662,6 +877,12 @@ describe('memory stores', () => {
     })))
   describe('MemoryCounterStore', () => counterStoreContract(async () => new MemoryCounterStore()))
   describe('MemoryDenyList', () => denyListContract(async () => new MemoryDenyList()))
+  describe('MemoryOneTimeTokenStore', () =>
+    oneTimeTokenStoreContract(async () => ({
+      tokens: new MemoryOneTimeTokenStore(),
+      addUser: async () => randomUUID(),
+      close: async () => {},
+    })))
 })
 
 // --- PostgreSQL --------------------------------------------------------------------------------
@@ -736,6 +957,36 @@ describeWith('postgres', 'PostgreSQL stores', () => {
     it('answers ping', async () => {
       await expect(new PostgresUserStore(db.pool).ping()).resolves.toBeUndefined()
     })
+
+    it('gives one account when two instances race to register one address in two cases', async () => {
+      await db.truncate()
+      const [a, b] = [new PostgresUserStore(db.newPool()), new PostgresUserStore(db.newPool())]
+      for (let i = 0; i < 10; i++) {
+        const results = await Promise.allSettled([
+          a.create(newUser(`race_a${i}`, { email: `race${i}@example.com` })),
+          b.create(newUser(`race_b${i}`, { email: `RACE${i}@example.com` })),
+        ])
+        expect(results.filter((r) => r.status === 'fulfilled' && r.value !== null)).toHaveLength(1)
+        const refused = results.find((r) => r.status === 'rejected') as PromiseRejectedResult
+        expect(refused.reason).toBeInstanceOf(EmailTakenError)
+      }
+      expect(await userCount(a)).toBe(10)
+    })
+
+    it('enforces one account per address, in any case, in the database itself', async () => {
+      await db.truncate()
+      const insert = (name: string, email: string) =>
+        db.pool.query(
+          `INSERT INTO users (id, username, username_key, email, email_key, password_hash)
+           VALUES ($1, $2, lower($2), $3, lower($3), 'x')`,
+          [randomUUID(), name, email],
+        )
+      await insert('nia', 'Nia@example.com')
+      await expect(insert('nia2', 'nia@EXAMPLE.com')).rejects.toMatchObject({
+        code: '23505',
+        constraint: 'users_email_key_unique',
+      })
+    })
   })
 
   describe('PostgresSessionStore', () => {
@@ -787,6 +1038,45 @@ describeWith('postgres', 'PostgreSQL stores', () => {
     })
   })
 
+  describe('PostgresOneTimeTokenStore', () => {
+    oneTimeTokenStoreContract(async () => {
+      await db.truncate()
+      const users = new PostgresUserStore(db.pool)
+      return {
+        tokens: new PostgresOneTimeTokenStore(db.pool),
+        addUser: async () => {
+          const user = newUser(`u_${randomUUID().slice(0, 8)}`)
+          await users.create(user)
+          return user.id
+        },
+        close: async () => {},
+      }
+    })
+
+    it("issues nothing for an account that does not exist, and drops an account's tokens with it", async () => {
+      await db.truncate()
+      const users = new PostgresUserStore(db.pool)
+      const tokens = new PostgresOneTimeTokenStore(db.pool)
+      const inAnHour = new Date(Date.now() + 3_600_000)
+      const record = (userId: string): OneTimeTokenRecord => ({
+        hash: randomUUID(),
+        purpose: 'password_reset',
+        userId,
+        email: 'gone@example.com',
+        userVersion: 0,
+        createdAt: new Date(),
+        expiresAt: inAnHour,
+      })
+      expect(await tokens.issue(record(randomUUID()))).toBe(false)
+      const user = newUser('leaving_tokens')
+      await users.create(user)
+      const t = record(user.id)
+      expect(await tokens.issue(t)).toBe(true)
+      await users.delete(user.id)
+      expect(await tokens.find(t.hash, 'password_reset', new Date())).toBeUndefined()
+    })
+  })
+
   describe('PostgresDenyList', () => {
     // Each list gets a pool of its own, as each instance would (drop() ends them).
     const make = async () => new PostgresDenyList(db.newPool())
@@ -813,6 +1103,7 @@ describeWith('postgres', 'PostgreSQL stores', () => {
       expect(rows).toEqual([
         { version: '1', name: '001_initial' },
         { version: '2', name: '002_refresh_reuse_grace' },
+        { version: '3', name: '003_account_recovery' },
       ])
     })
 
@@ -820,7 +1111,7 @@ describeWith('postgres', 'PostgreSQL stores', () => {
       const fresh = await createTestSchema({ migrated: false })
       try {
         const results = await Promise.all([migrate(fresh.newPool()), migrate(fresh.newPool())])
-        expect(results.flat()).toEqual(['001_initial', '002_refresh_reuse_grace'])
+        expect(results.flat()).toEqual(['001_initial', '002_refresh_reuse_grace', '003_account_recovery'])
         const { rows } = await fresh.pool.query('SELECT count(*)::int AS n FROM users')
         expect(rows).toEqual([{ n: 0 }])
       } finally {
@@ -835,21 +1126,27 @@ describeWith('postgres', 'PostgreSQL stores', () => {
           run(process.execPath, ['--import', 'tsx', 'src/cli/migrate.ts'], {
             env: { ...process.env, DATABASE_URL: fresh.url },
           })
-        expect((await cli()).stdout.trim()).toBe('migrate: applied 001_initial, 002_refresh_reuse_grace')
+        expect((await cli()).stdout.trim()).toBe(
+          'migrate: applied 001_initial, 002_refresh_reuse_grace, 003_account_recovery',
+        )
         expect((await cli()).stdout.trim()).toBe('migrate: up to date')
       } finally {
         await fresh.drop()
       }
     })
 
-    it('upgrades a database at 001: tokens rotated before 002 have no grace, and sessions keep working', async () => {
+    it('upgrades a database at 001: tokens rotated before 002 have no grace, sessions keep working, addresses are keyed (003)', async () => {
       const fresh = await createTestSchema({ migrated: false })
       const only001 = mkdtempSync(join(tmpdir(), 'migrations-001-'))
       try {
         copyFileSync(join(defaultMigrationsDir(), '001_initial.sql'), join(only001, '001_initial.sql'))
         expect(await migrate(fresh.pool, only001)).toEqual(['001_initial'])
         const user = newUser('upgraded')
-        await new PostgresUserStore(fresh.pool).create(user)
+        // As the code of 001 wrote it: today's store also writes the columns of 003.
+        await fresh.pool.query(
+          `INSERT INTO users (id, username, username_key, email, password_hash) VALUES ($1, $2, lower($2), $3, 'x')`,
+          [user.id, user.username, 'Upgraded@Example.com'],
+        )
         const now = new Date()
         const inAnHour = new Date(+now + 3_600_000)
         // A session as the code before 002 left it: its first token rotated, the second current.
@@ -864,7 +1161,14 @@ describeWith('postgres', 'PostgreSQL stores', () => {
           [inAnHour],
         )
 
-        expect(await migrate(fresh.pool)).toEqual(['002_refresh_reuse_grace'])
+        expect(await migrate(fresh.pool)).toEqual(['002_refresh_reuse_grace', '003_account_recovery'])
+
+        // 003: an address stored before it is found in any case, and is not verified.
+        expect(await new PostgresUserStore(fresh.pool).findByEmail('upgraded@example.com')).toMatchObject({
+          id: user.id,
+          email: 'Upgraded@Example.com',
+          emailVerified: false,
+        })
 
         const sessions = new PostgresSessionStore(fresh.pool)
         expect((await sessions.findToken('h-first'))?.token).toMatchObject({ rotatedAt: null, graceUsed: false })

@@ -61,14 +61,14 @@ function withPayload(token: string, payload: unknown): string {
 }
 
 describe('GET /users/me: success', () => {
-  it('returns 200 with exactly id, username, email and created_at, and no-store', async () => {
+  it('returns 200 with exactly id, username, email, email_verified and created_at, and no-store', async () => {
     const res = await getMe(app, `Bearer ${alice.token}`)
 
     expect(res.statusCode).toBe(200)
     expect(res.headers['content-type']).toBe('application/json; charset=utf-8')
     expect(res.headers['cache-control']).toBe('no-store')
     expect(res.json()).toEqual(alice.user)
-    expect(Object.keys(res.json()).sort()).toEqual(['created_at', 'email', 'id', 'username'])
+    expect(Object.keys(res.json()).sort()).toEqual(['created_at', 'email', 'email_verified', 'id', 'username'])
   })
 
   it('returns the registered email', async () => {

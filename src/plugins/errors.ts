@@ -131,6 +131,9 @@ async function errorPlugin(app: FastifyInstance, { realm }: ErrorPluginOptions):
   // Fastify answers a known path with a wrong method as 404; we answer 405 with Allow (RFC 9110 §15.5.6).
   const routes = new Map<string, { pattern: RegExp; methods: Set<string> }>()
   app.addHook('onRoute', (route) => {
+    // A catch-all says nothing about a path's methods: it is @fastify/cors's OPTIONS route, which
+    // hands every OPTIONS that is not an allowed preflight back to this not-found handler.
+    if (route.url === '*') return
     let entry = routes.get(route.url)
     if (!entry) {
       entry = { pattern: routePattern(route.url), methods: new Set() }

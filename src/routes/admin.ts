@@ -12,6 +12,7 @@ import {
   ValidationErrorBody,
 } from '../schemas.js'
 import { ADMIN_SECURITY, requireMediaType } from './hooks.js'
+import { type ResponseSpec, responses } from './responses.js'
 import { toAdminView } from './views.js'
 
 /**
@@ -23,7 +24,8 @@ const USER_PATH = '/users/:id(^(?!me$)[^/]+$)'
 
 export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   const admin = app.requireScope('admin')
-  const errors = { 401: Detail, 403: Detail, 422: ValidationErrorBody }
+  const badId: ResponseSpec = [ValidationErrorBody, '`id` is not a user id (a UUID).']
+  const notFound: ResponseSpec = [Detail, 'No user has this id ("User not found").']
 
   app.get(
     '/users',
@@ -31,10 +33,18 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: admin,
       schema: {
         summary: 'List users (admin)',
+        operationId: 'listUsers',
         tags: ['admin'],
         security: ADMIN_SECURITY,
         querystring: UserListQuery,
-        response: { 200: UserList, ...errors },
+        response: responses(
+          {
+            200: [UserList, 'One page of users, ordered by username; `total` counts every match.'],
+            422: [ValidationErrorBody, '`limit`, `offset` or `username_prefix` is out of range.'],
+          },
+          'admin',
+          'store',
+        ),
       },
     },
     async (request) => {
@@ -50,10 +60,15 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: admin,
       schema: {
         summary: 'Read a user (admin)',
+        operationId: 'getUser',
         tags: ['admin'],
         security: ADMIN_SECURITY,
         params: UserIdParams,
-        response: { 200: UserAdminView, 404: Detail, ...errors },
+        response: responses(
+          { 200: [UserAdminView, 'The user, with roles and status.'], 404: notFound, 422: badId },
+          'admin',
+          'store',
+        ),
       },
     },
     async (request) => toAdminView(await app.users.get(request.params.id)),
@@ -65,13 +80,24 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: [admin, requireMediaType('application/json')],
       schema: {
         summary: 'Disable/enable a user or set their roles (admin)',
+        operationId: 'updateUser',
         description:
           "Either change ends the user's current access tokens; disabling also ends their sessions. 409 when the change would leave no enabled administrator (the last admin removing its own admin role or disabling itself); nothing is changed then.",
         tags: ['admin'],
         security: ADMIN_SECURITY,
         params: UserIdParams,
         body: UserPatchBody,
-        response: { 200: UserAdminView, 404: Detail, 409: Detail, 415: Detail, ...errors },
+        response: responses(
+          {
+            200: [UserAdminView, 'The user as changed.'],
+            404: notFound,
+            409: [Detail, 'The change would leave no enabled administrator: nothing was changed.'],
+            422: badId,
+          },
+          'admin',
+          'json-body',
+          'store',
+        ),
       },
     },
     async (request) => {
@@ -93,12 +119,23 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: admin,
       schema: {
         summary: 'Delete a user (admin)',
+        operationId: 'deleteUser',
         description:
           'The account and all its tokens are gone. 409 when it is the last enabled administrator; nothing is deleted then.',
         tags: ['admin'],
         security: ADMIN_SECURITY,
         params: UserIdParams,
-        response: { 204: NoContent, 404: Detail, 409: Detail, ...errors },
+        response: responses(
+          {
+            204: [NoContent, 'Deleted, with all its tokens.'],
+            404: notFound,
+            409: [Detail, 'The user is the last enabled administrator: nothing was deleted.'],
+            422: badId,
+          },
+          'admin',
+          'no-body',
+          'store',
+        ),
       },
     },
     async (request, reply) => {

@@ -12,6 +12,7 @@ import {
   TooManyAttemptsError,
   TooManyRequestsError,
 } from '../errors.js'
+import type { LoginOutcome, Metrics, RefreshOutcome } from '../metrics.js'
 import {
   Detail,
   EmptyObject,
@@ -22,24 +23,28 @@ import {
   TokenForm,
   TokenResponse,
   UserPublic,
-  ValidationErrorBody,
 } from '../schemas.js'
 import { grantScope } from '../services/scopes.js'
 import { normaliseUsername } from '../store/users.js'
-import { BEARER_SECURITY, emptyForm, requireMediaType } from './hooks.js'
+import { BEARER_SECURITY, emptyForm, PUBLIC_SECURITY, requireMediaType } from './hooks.js'
+import { oauthResponses, responses } from './responses.js'
 import { toPublic } from './views.js'
 
 const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
 const REVOKE_FIELDS = ['token', 'token_type_hint', 'client_id', 'client_secret']
 
-function tooManyRequests(_request: FastifyRequest, context: { after: string; ttl: number }) {
+/** The 429 of a @fastify/rate-limit cap (errorResponseBuilder): our body, with Retry-After in seconds. */
+export function tooManyRequests(_request: FastifyRequest, context: { after: string; ttl: number }) {
   return new TooManyRequestsError(
     Math.max(1, Math.ceil(context.ttl / 1000)),
     `Too many requests; retry in ${context.after}`,
   )
 }
 
-export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
+export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metrics }> = async (
+  app,
+  { config, metrics },
+) => {
   const { throttle } = config
 
   app.post(
@@ -56,13 +61,29 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       },
       schema: {
         summary: 'Register a new user',
+        operationId: 'register',
         description:
-          'JSON in UTF-8: 400 for a body that is not valid JSON or not valid UTF-8 (never repaired), 415 for another media type, a charset other than utf-8, or no Content-Type.',
+          'JSON in UTF-8: 400 for a body that is not valid JSON or not valid UTF-8 (never repaired), 415 for another media type, a charset other than utf-8, or no Content-Type. An account registered with an e-mail address is sent a link to verify it (`email_verified` is false until then; unless mail is off). With REQUIRE_VERIFIED_EMAIL, `email` is required.',
         tags: ['auth'],
-        body: makeRegisterBody(config.password.minLength, (password, account) =>
-          app.users.newPasswordProblems(password, account),
+        security: PUBLIC_SECURITY,
+        body: makeRegisterBody(
+          config.password.minLength,
+          (password, account) => app.users.newPasswordProblems(password, account),
+          { requireEmail: config.recovery.requireVerifiedEmail },
         ),
-        response: { 201: UserPublic, 400: Detail, 409: Detail, 415: Detail, 422: ValidationErrorBody, 429: Detail },
+        response: responses(
+          {
+            201: [UserPublic, 'The account was created; never the password or its hash.'],
+            409: [
+              Detail,
+              'The username is taken, in any case ("Username already registered"), or the e-mail address belongs to another account, in any case ("Email already registered").',
+            ],
+          },
+          'json-body',
+          'rate-limited',
+          'hashing',
+          'store',
+        ),
       },
     },
     async (request, reply) => {
@@ -102,24 +123,36 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
           // Refreshes cost no bcrypt and carry 256-bit tokens: not counted against anyone.
           allowList: (request: FastifyRequest) =>
             (request.body as { grant_type?: string }).grant_type === 'refresh_token',
-          errorResponseBuilder: tooManyRequests,
+          // A login refused by this cap is a throttled login (refreshes never reach it).
+          errorResponseBuilder: (request: FastifyRequest, context: { after: string; ttl: number }) => {
+            metrics.logins.inc({ outcome: 'throttled' })
+            return tooManyRequests(request, context)
+          },
         },
       },
       schema: {
         summary: 'Log in (password grant) or refresh (refresh_token grant)',
+        operationId: 'token',
         description:
           'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). Errors have exactly error, error_description and detail. The form must be UTF-8, raw and once %XX-decoded (400 invalid_request otherwise, never repaired); a charset other than utf-8 is 415. No body and no Content-Type is an empty form.',
         tags: ['auth'],
+        security: PUBLIC_SECURITY,
         consumes: ['application/x-www-form-urlencoded'],
         body: TokenForm,
-        response: {
-          200: TokenResponse,
-          400: OAuthErrorBody,
-          413: OAuthErrorBody,
-          415: OAuthErrorBody,
-          429: OAuthErrorBody,
-          503: OAuthErrorBody,
-        },
+        response: oauthResponses(
+          {
+            200: [TokenResponse, 'A new access token and a new refresh token (a refresh spends the one sent).'],
+            400: [
+              OAuthErrorBody,
+              '`invalid_request` (a parameter missing, repeated or not a string), `invalid_grant` (wrong credentials; an unknown, spent, expired or revoked refresh token), `unsupported_grant_type`, or `invalid_scope`.',
+            ],
+          },
+          'form-body',
+          'rate-limited',
+          'throttled',
+          'hashing',
+          'store',
+        ),
       },
     },
     async (request) => {
@@ -141,8 +174,10 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
               ...audit,
             })
           else app.audit.info({ event: 'refresh', outcome: 'success', userId: issued.claims.sub, ...audit })
+          metrics.refreshes.inc({ outcome: issued.graceReissue ? 'grace_reissue' : 'success' })
           return tokenResponse(issued)
         } catch (err) {
+          metrics.refreshes.inc({ outcome: refreshOutcome(err) })
           if (err instanceof ReuseDetectedError)
             app.audit.warn({
               event: 'refresh_reuse',
@@ -163,11 +198,19 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       try {
         user = await app.users.login(username, password, request.ip)
       } catch (err) {
+        metrics.logins.inc({ outcome: loginOutcome(err) })
         app.audit.info({ event: 'login', outcome: failureOutcome(err), username: logged, ...audit })
         throw err
       }
-      const scope = grantScope(user.roles, body.scope)
-      const issued = await app.sessions.start(user, scope)
+      let issued: Awaited<ReturnType<typeof app.sessions.start>>
+      try {
+        issued = await app.sessions.start(user, grantScope(user.roles, body.scope))
+      } catch (err) {
+        // The password was right but no tokens came of it: a scope the roles do not allow, a store down.
+        metrics.logins.inc({ outcome: loginOutcome(err) })
+        throw err
+      }
+      metrics.logins.inc({ outcome: 'success' })
       app.audit.info({ event: 'login', outcome: 'success', username: user.username, userId: user.id, ...audit })
       return tokenResponse(issued)
     },
@@ -181,12 +224,21 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       config: { oauthErrors: true },
       schema: {
         summary: 'Revoke a refresh token or an access token (RFC 7009)',
+        operationId: 'revoke',
         description:
           'Answers 200 even for unknown or invalid tokens. Revoking a refresh token ends its whole session; revoking an access token also ends its session. No body and no Content-Type is an empty form (400 invalid_request, missing token); a form that is not UTF-8 is 400 invalid_request; a charset other than utf-8 is 415.',
         tags: ['auth'],
+        security: PUBLIC_SECURITY,
         consumes: ['application/x-www-form-urlencoded'],
         body: RevokeForm,
-        response: { 200: EmptyObject, 400: OAuthErrorBody, 415: OAuthErrorBody },
+        response: oauthResponses(
+          {
+            200: [EmptyObject, 'Revoked, or nothing to revoke (an unknown or invalid token): `{}` either way.'],
+            400: [OAuthErrorBody, '`invalid_request`: no `token`, or a parameter repeated or not a string.'],
+          },
+          'form-body',
+          'store',
+        ),
       },
     },
     async (request) => {
@@ -204,10 +256,16 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app,
       onRequest: app.authenticate,
       schema: {
         summary: 'Log out: revoke this access token and its session',
+        operationId: 'logout',
         description: "The user's other sessions keep working.",
         tags: ['auth'],
         security: BEARER_SECURITY,
-        response: { 204: NoContent, 401: Detail },
+        response: responses(
+          { 204: [NoContent, 'Logged out: this token and its session have ended.'] },
+          'bearer',
+          'no-body',
+          'store',
+        ),
       },
     },
     async (request, reply) => {
@@ -229,6 +287,27 @@ function failureOutcome(err: unknown): 'failure' | 'throttled' | 'unavailable' |
   if (err instanceof TooManyAttemptsError) return 'throttled'
   if (err instanceof ServerBusyError || err instanceof StoreUnavailableError) return 'unavailable'
   return err instanceof ApiError ? 'failure' : 'error'
+}
+
+/**
+ * The metrics outcome of a password grant that did not succeed (README, "Metrics"): finer than the
+ * audit's. `locked`: the account is locked (consecutive failures); `throttled`: the per-address
+ * failure limit (here) or the per-account request cap (its errorResponseBuilder above); `shed`: the
+ * hash gate refused it; `unavailable`: a store could not be reached; `invalid`: any other refusal
+ * we answered (invalid_grant, invalid_scope); `error`: a bug (500).
+ */
+function loginOutcome(err: unknown): LoginOutcome {
+  if (err instanceof TooManyAttemptsError) return err.reason === 'account' ? 'locked' : 'throttled'
+  if (err instanceof ServerBusyError) return 'shed'
+  if (err instanceof StoreUnavailableError) return 'unavailable'
+  return err instanceof ApiError ? 'invalid' : 'error'
+}
+
+/** The metrics outcome of a refresh that did not succeed: reuse is told apart from a plain invalid token. */
+function refreshOutcome(err: unknown): RefreshOutcome {
+  if (err instanceof ReuseDetectedError) return 'reuse_detected'
+  if (err instanceof ServerBusyError || err instanceof StoreUnavailableError) return 'unavailable'
+  return err instanceof ApiError ? 'invalid' : 'error'
 }
 
 function tokenResponse(issued: { accessToken: string; refreshToken: string; expiresIn: number; scope: string }) {

@@ -45,4 +45,6 @@ function hasNoBody(request: FastifyRequest): boolean {
 
 /** The OpenAPI security requirement of a protected route (so Swagger UI sends the token). */
 export const BEARER_SECURITY = [{ OAuth2PasswordBearer: [] }]
+/** A public route says so (OpenAPI: an empty list of requirements), rather than saying nothing. */
+export const PUBLIC_SECURITY: Record<string, string[]>[] = []
 export const ADMIN_SECURITY = [{ OAuth2PasswordBearer: ['admin'] }]

@@ -4,6 +4,8 @@ import { z } from 'zod'
 import type { Config } from '../config.js'
 import { publicJwks } from '../keys.js'
 import { Jwks } from '../schemas.js'
+import { PUBLIC_SECURITY } from './hooks.js'
+import { responses } from './responses.js'
 
 const READINESS_TIMEOUT_MS = 1_000
 
@@ -16,8 +18,15 @@ export const metaRoutes: FastifyPluginAsyncZod<{
     {
       schema: {
         summary: 'Welcome',
+        operationId: 'welcome',
         tags: ['meta'],
-        response: { 200: z.object({ message: z.string(), docs: z.string().nullable() }) },
+        security: PUBLIC_SECURITY,
+        response: responses({
+          200: [
+            z.object({ message: z.string(), docs: z.string().nullable() }),
+            'A welcome message, and the path of Swagger UI (null when DOCS_ENABLED is off).',
+          ],
+        }),
       },
     },
     async () => ({
@@ -31,8 +40,10 @@ export const metaRoutes: FastifyPluginAsyncZod<{
     {
       schema: {
         summary: 'Liveness probe',
+        operationId: 'health',
         tags: ['meta'],
-        response: { 200: z.object({ status: z.literal('ok') }) },
+        security: PUBLIC_SECURITY,
+        response: responses({ 200: [z.object({ status: z.literal('ok') }), 'The process is up and serving.'] }),
       },
     },
     async () => ({ status: 'ok' as const }),
@@ -43,12 +54,20 @@ export const metaRoutes: FastifyPluginAsyncZod<{
     {
       schema: {
         summary: 'Readiness probe',
+        operationId: 'ready',
         description: 'Each dependency (postgres, redis) must answer within 1 s; 503 names the one that does not.',
         tags: ['meta'],
-        response: {
-          200: z.object({ status: z.literal('ok'), checks: z.record(z.string(), z.string()) }),
-          503: z.object({ detail: z.string(), checks: z.record(z.string(), z.string()) }),
-        },
+        security: PUBLIC_SECURITY,
+        response: responses({
+          200: [
+            z.object({ status: z.literal('ok'), checks: z.record(z.string(), z.string()) }),
+            'Every dependency answered: `checks` maps each to `ok`.',
+          ],
+          503: [
+            z.object({ detail: z.string(), checks: z.record(z.string(), z.string()) }),
+            'A dependency did not answer within 1 s: `detail` names it, `checks` marks it `unreachable`.',
+          ],
+        }),
       },
     },
     async (_request, reply) => {
@@ -71,9 +90,23 @@ export const metaRoutes: FastifyPluginAsyncZod<{
     {
       schema: {
         summary: 'The public signing keys (JWK Set)',
+        operationId: 'getJwks',
         description: 'Empty for HS256. During a rotation it also lists the previous keys (JWT_PREVIOUS_KEYS).',
         tags: ['meta'],
-        response: { 200: Jwks },
+        security: PUBLIC_SECURITY,
+        response: responses({
+          200: [
+            Jwks,
+            'The public keys that verify our access tokens (none for HS256).',
+            {
+              'Cache-Control': {
+                type: 'string',
+                description:
+                  '`public, max-age=300`: the keys change rarely, and a rotation keeps the previous ones listed.',
+              },
+            },
+          ],
+        }),
       },
     },
     async (_request, reply) => {

@@ -9,6 +9,7 @@ import {
   ValidationErrorBody,
 } from '../schemas.js'
 import { BEARER_SECURITY, requireMediaType } from './hooks.js'
+import { responses } from './responses.js'
 import { toPublic } from './views.js'
 
 export const userRoutes: FastifyPluginAsyncZod = async (app) => {
@@ -18,9 +19,10 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: app.authenticate,
       schema: {
         summary: 'The current user',
+        operationId: 'getCurrentUser',
         tags: ['users'],
         security: BEARER_SECURITY,
-        response: { 200: UserPublic, 401: Detail },
+        response: responses({ 200: [UserPublic, 'The account the token was issued to.'] }, 'bearer', 'store'),
       },
     },
     async (request) => toPublic((request.auth as NonNullable<typeof request.auth>).record),
@@ -33,12 +35,25 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: [app.authenticate, requireMediaType('application/json')],
       schema: {
         summary: 'Change your password',
+        operationId: 'changePassword',
         description:
           'Needs the current password. Every refresh token and every access token issued before the change stops working, this one included.',
         tags: ['users'],
         security: BEARER_SECURITY,
         body: PasswordChangeBody,
-        response: { 204: NoContent, 400: Detail, 401: Detail, 415: Detail, 422: ValidationErrorBody, 429: Detail },
+        response: responses(
+          {
+            204: [NoContent, 'Changed: every earlier token of the account has ended, this one included.'],
+            400: [Detail, 'The current password is wrong ("Password is incorrect").'],
+            404: [Detail, 'The account was deleted while this request ran.'],
+            422: [ValidationErrorBody, '`new_password` breaks the password rules.'],
+          },
+          'bearer',
+          'json-body',
+          'throttled',
+          'hashing',
+          'store',
+        ),
       },
     },
     async (request, reply) => {
@@ -56,20 +71,25 @@ export const userRoutes: FastifyPluginAsyncZod = async (app) => {
       onRequest: [app.authenticate, requireMediaType('application/json')],
       schema: {
         summary: 'Delete your account',
+        operationId: 'deleteCurrentUser',
         description:
           'Needs your password. The account and all its tokens are gone; the username becomes free. 409 when you are the last enabled administrator; nothing is deleted then.',
         tags: ['users'],
         security: BEARER_SECURITY,
         body: PasswordConfirmBody,
-        response: {
-          204: NoContent,
-          400: Detail,
-          401: Detail,
-          409: Detail,
-          415: Detail,
-          422: ValidationErrorBody,
-          429: Detail,
-        },
+        response: responses(
+          {
+            204: [NoContent, 'Deleted, with all its tokens; the username is free again.'],
+            400: [Detail, 'The password is wrong ("Password is incorrect").'],
+            404: [Detail, 'The account was deleted while this request ran.'],
+            409: [Detail, 'You are the last enabled administrator: nothing was deleted.'],
+          },
+          'bearer',
+          'json-body',
+          'throttled',
+          'hashing',
+          'store',
+        ),
       },
     },
     async (request, reply) => {

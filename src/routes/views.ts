@@ -8,6 +8,7 @@ export function toPublic(user: UserRecord): UserPublic {
     id: user.id,
     username: user.username,
     email: user.email,
+    email_verified: user.emailVerified,
     created_at: user.createdAt.toISOString(),
   }
 }

@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import bcrypt from 'bcrypt'
 import { ServerBusyError } from '../errors.js'
+import type { Metrics } from '../metrics.js'
 
 /** bcrypt uses only the first 72 bytes of its input; longer passwords are refused, never truncated. */
 export const BCRYPT_MAX_BYTES = 72
@@ -14,7 +15,11 @@ export interface HasherOptions {
   queueMax: number
   /** A job whose expected wait for a slot is longer than this is shed at once with 503. */
   maxWaitMs: number
+  /** Where each job's wait for a slot and each shed job are counted (no-ops when omitted). */
+  metrics?: Pick<Metrics, 'hashWaitSeconds' | 'hashShed'>
 }
+
+const NO_METRICS: NonNullable<HasherOptions['metrics']> = { hashWaitSeconds: { observe() {} }, hashShed: { inc() {} } }
 
 /**
  * A counting semaphore whose caller decides, when no slot is free, whether to wait. Written by
@@ -61,6 +66,7 @@ export class PasswordHasher {
   readonly #rounds: number
   readonly #maxWaitMs: number
   readonly #queueMax: number
+  readonly #metrics: NonNullable<HasherOptions['metrics']>
   #dummyHash: Promise<string> | undefined
   #avgHashMs: number
 
@@ -68,6 +74,7 @@ export class PasswordHasher {
     this.#rounds = options.rounds
     this.#maxWaitMs = options.maxWaitMs
     this.#queueMax = options.queueMax
+    this.#metrics = options.metrics ?? NO_METRICS
     this.#gate = new Gate(options.concurrency)
     // A first guess at one hash's time (cost 12 ≈ 220 ms on this kind of machine); refined as we go.
     this.#avgHashMs = 2 ** (options.rounds - 12) * 220
@@ -75,6 +82,11 @@ export class PasswordHasher {
 
   get rounds(): number {
     return this.#rounds
+  }
+
+  /** Hash jobs waiting for a free slot now (the metrics' queue-length gauge). */
+  get queued(): number {
+    return this.#gate.queued
   }
 
   hash(password: string): Promise<string> {
@@ -116,9 +128,11 @@ export class PasswordHasher {
   }
 
   async #gated<T>(job: () => Promise<T>): Promise<T> {
+    const entered = performance.now()
     return this.#gate.run(
       async () => {
         const started = performance.now()
+        this.#metrics.hashWaitSeconds.observe((started - entered) / 1000)
         try {
           return await job()
         } finally {
@@ -133,6 +147,7 @@ export class PasswordHasher {
   #shed(): Error | undefined {
     const expectedWaitMs = this.#gate.waitInJobs * this.#avgHashMs
     if (this.#gate.queued < this.#queueMax && expectedWaitMs <= this.#maxWaitMs) return undefined
+    this.#metrics.hashShed.inc()
     return new ServerBusyError(this.#retryAfterSeconds())
   }
 

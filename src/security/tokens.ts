@@ -15,6 +15,7 @@ import { createSigner, createVerifier } from 'fast-jwt'
 import type { Config } from '../config.js'
 import { InvalidTokenError } from '../errors.js'
 import type { SigningKey } from '../keys.js'
+import type { TokenCounts } from '../metrics.js'
 
 /** Claims every token of ours carries (RFC 7519 §4.1). Times are NumericDates: seconds since the epoch. */
 export interface RegisteredClaims {
@@ -94,9 +95,18 @@ export class TokenService {
   readonly #caches = new Map<TokenPurpose, VerifiedTokens>()
   /** With a single key, no header needs reading to pick the verifier. */
   readonly #singleKid: string | undefined
+  /** Verifications and cache hits, counted in place for the metrics (read when scraped). */
+  readonly #counts: TokenCounts
 
-  constructor(jwt: Config['jwt'], { cacheSize = 10_000 }: { cacheSize?: number } = {}) {
+  constructor(
+    jwt: Config['jwt'],
+    {
+      cacheSize = 10_000,
+      counts = { valid: 0, invalid: 0, cacheHits: 0 },
+    }: { cacheSize?: number; counts?: TokenCounts } = {},
+  ) {
     this.#jwt = jwt
+    this.#counts = counts
     const ring = [jwt.keys.current, ...jwt.keys.previous]
     this.#singleKid = ring.length === 1 ? jwt.keys.current.kid : undefined
     for (const purpose of Object.keys(PURPOSES) as TokenPurpose[]) {
@@ -158,18 +168,34 @@ export class TokenService {
    * Revocation is not checked here (SessionService.authorize does that).
    */
   verify<P extends TokenPurpose>(purpose: P, token: string): TokenClaims[P] {
-    const spec = PURPOSES[purpose]
     const cache = this.#caches.get(purpose)
     const hit = cache?.get(token)
-    if (hit) return hit as TokenClaims[P]
+    if (hit) {
+      this.#counts.cacheHits++
+      this.#counts.valid++
+      return hit as TokenClaims[P]
+    }
+    const claims = this.#check(purpose, token)
+    if (!claims) {
+      this.#counts.invalid++
+      throw new InvalidTokenError()
+    }
+    this.#counts.valid++
+    cache?.set(token, claims)
+    return claims
+  }
+
+  /** The frozen claims of a token that passes every check of verify(), or undefined. */
+  #check<P extends TokenPurpose>(purpose: P, token: string): TokenClaims[P] | undefined {
+    const spec = PURPOSES[purpose]
     const kid = this.#singleKid ?? headerKid(token)
     const verifier = kid === undefined ? undefined : this.#verifiers.get(purpose)?.get(kid)
-    if (!verifier) throw new InvalidTokenError()
+    if (!verifier) return undefined
     let decoded: ReturnType<Verifier>
     try {
       decoded = verifier(token)
     } catch {
-      throw new InvalidTokenError()
+      return undefined
     }
     const { header, payload } = decoded
     // The library checks presence and values; we also check types, since it lets some through
@@ -180,11 +206,9 @@ export class TokenService {
       !spec.check(payload as unknown as Record<string, unknown>) ||
       payload.iat > Date.now() / 1000 + this.#jwt.clockSkewSeconds
     ) {
-      throw new InvalidTokenError()
+      return undefined
     }
-    const claims = Object.freeze(payload) as TokenClaims[P]
-    cache?.set(token, claims)
-    return claims
+    return Object.freeze(payload) as TokenClaims[P]
   }
 }
 

@@ -87,6 +87,35 @@ export class LoginThrottle {
     return attempt.failureNumber >= this.limits.accountMaxFailures
   }
 
+  /**
+   * The account's run of failed logins and its lock end (after a password reset: whoever reset it
+   * proved the address, and the new password deserves its full set of attempts). Keyed like
+   * begin(), on the normalised username.
+   */
+  async clearAccount(username: string): Promise<void> {
+    const name = normaliseUsername(username).slice(0, 64)
+    await this.counters.delete(`login:fail:${name}`, `login:lock:${name}`)
+  }
+
+  /**
+   * Before a one-time token (password reset, e-mail verification) is looked up: 429 when the
+   * address is over its failure limit. Bad tokens count in the same per-address counter as failed
+   * logins (tokenFailed), so that an address has one budget of guesses at credentials of any kind.
+   * Check-then-count, not reserved as begin() does: the tokens carry 256 random bits, so the limit
+   * is a brake on noise, not what keeps them from being guessed, and a few concurrent requests past
+   * it change nothing.
+   */
+  async beginTokenCheck(ip: string): Promise<void> {
+    const ipCount = await this.counters.get(`login:ip:${ip}`)
+    if (ipCount && ipCount.value >= this.limits.ipMaxFailures)
+      throw new TooManyAttemptsError(seconds(ipCount.ttlMs), 'address', 'Too many failed attempts; try again later')
+  }
+
+  /** A one-time token was refused: one more failure for the address (see beginTokenCheck). */
+  async tokenFailed(ip: string): Promise<void> {
+    await this.counters.incr(`login:ip:${ip}`, 1, this.limits.ipWindowSeconds * 1000)
+  }
+
   /** The lock after the n-th consecutive failure: doubling from LOGIN_LOCKOUT_SECONDS, capped. */
   lockSeconds(failureNumber: number): number {
     const { lockoutSeconds, lockoutMaxSeconds, accountMaxFailures } = this.limits

@@ -1,11 +1,15 @@
 // The rules for accounts: registration, the password policy for new passwords, password checks
-// (login, password change, deletion) and the admin operations.
+// (login, password change, deletion), setting a password through a reset link, and the admin
+// operations.
 import { randomUUID } from 'node:crypto'
 import {
   AdminSetupError,
+  EmailTakenError,
+  emailNotVerified,
   invalidGrant,
   NotFoundError,
   PasswordIncorrectError,
+  StoreUnavailableError,
   UsernameTakenError,
   ValidationError,
 } from '../errors.js'
@@ -23,6 +27,33 @@ export interface Registration {
   roles?: readonly Role[]
   /** The body field the password came in, named by policy errors (default `password`). */
   passwordField?: string
+}
+
+/**
+ * What other services are told about an account, as it happens (createServices wires these to
+ * the recovery service: a verification message after registration, a notice after a password
+ * change or reset). Called without awaiting: each must return at once and never throw.
+ */
+export interface AccountEvents {
+  registered?(user: UserRecord): void
+  passwordChanged?(user: UserRecord): void
+}
+
+export interface UserServiceOptions {
+  /** REQUIRE_VERIFIED_EMAIL: the password grant refuses accounts without a verified address (admins exempt). */
+  requireVerifiedEmail?: boolean
+  events?: AccountEvents
+}
+
+export interface PasswordReset {
+  /**
+   * Uses up the reset token; throws (InvalidOneTimeTokenError) when it is gone. Called once the
+   * new password has passed the policy and been hashed, right before the password is replaced, so
+   * that a refused password or a shed hash leaves the token usable.
+   */
+  redeem(): Promise<void>
+  /** The link went to the account's current address: following it proved that address. */
+  verifiesEmail: boolean
 }
 
 interface Verified {
@@ -43,11 +74,25 @@ export class UserService {
     private readonly onLockout: (username: string, ip: string) => void = () => {},
     /** Where background failures (a re-hash that could not be stored) are reported. */
     private readonly log: { warn(obj: object, msg: string): void } = { warn: () => {} },
+    private readonly options: UserServiceOptions = {},
   ) {}
+
+  #stopped = false
+
+  /**
+   * No background work from now on: called when the app starts closing. A re-hash is optional (the
+   * next login does it), and one started during shutdown would hold the process's exit until bcrypt
+   * finishes on libuv's thread pool (process.exit waits for it), then find the store closed.
+   */
+  stopBackgroundWork(): void {
+    this.#stopped = true
+  }
 
   /**
    * Creates the account. Throws ValidationError (422) when the password breaks the policy, then
-   * UsernameTakenError (409) if the name is taken in any case.
+   * UsernameTakenError (409) if the name is taken in any case, then EmailTakenError (409) if
+   * another account has the address in any case. An account with an address is then sent a
+   * verification message (events.registered).
    */
   async register({
     username,
@@ -59,6 +104,7 @@ export class UserService {
     const prepared = this.#newPassword(password, { username, email }, passwordField)
     // Cheap early answer before paying for bcrypt; the store re-checks atomically on insert.
     if (await this.store.findByUsername(username)) throw new UsernameTakenError()
+    if (email !== null && (await this.store.findByEmail(email))) throw new EmailTakenError()
     const passwordHash = await this.hasher.hash(prepared)
     const created = await this.store.create({
       id: randomUUID(),
@@ -69,6 +115,7 @@ export class UserService {
       roles,
     })
     if (!created) throw new UsernameTakenError()
+    this.options.events?.registered?.(created)
     return created
   }
 
@@ -79,7 +126,10 @@ export class UserService {
    * timing are the same as for a wrong password. A disabled account answers its right password
    * like a wrong one. A password that cannot be prepared (control characters) is a wrong one too,
    * after the same compare: the login path never tells "malformed" from "wrong". A right password
-   * whose hash has another cost than configured is re-hashed in the background.
+   * whose hash has another cost than configured is re-hashed in the background. With
+   * REQUIRE_VERIFIED_EMAIL, a right password of an account without a verified address (and without
+   * the admin role) is then refused with its own invalid_grant: only after the password was
+   * checked, so that it tells nothing to whoever does not know the password.
    */
   async login(username: string, password: string, ip: string): Promise<UserRecord> {
     const attempt = await this.throttle.begin(username, ip)
@@ -97,7 +147,9 @@ export class UserService {
       throw invalidGrant()
     }
     await this.throttle.succeeded(attempt)
-    if (result.needsRehash) void this.#rehash(user, result.prepared)
+    if (result.needsRehash && !this.#stopped) void this.#rehash(user, result.prepared)
+    if (this.options.requireVerifiedEmail && !user.emailVerified && !user.roles.includes('admin'))
+      throw emailNotVerified()
     return user
   }
 
@@ -121,7 +173,7 @@ export class UserService {
   /**
    * Every refresh token and access token issued before the change stops working. The new password
    * is checked against the policy first (ValidationError on `new_password`), then the current one
-   * (PasswordIncorrectError).
+   * (PasswordIncorrectError). The account's address, if any, is told (events.passwordChanged).
    */
   async changePassword(user: UserRecord, current: string, next: string, ip: string): Promise<void> {
     const prepared = this.#newPassword(next, user, 'new_password')
@@ -130,6 +182,30 @@ export class UserService {
     const updated = await this.store.update(user.id, { passwordHash, bumpTokenVersion: true })
     if (!updated) throw new NotFoundError()
     await this.sessions.endAllSessions(user.id, updated.tokenVersion - 1)
+    this.options.events?.passwordChanged?.(updated)
+  }
+
+  /**
+   * A new password through a reset link (the recovery service has checked the token). The same
+   * policy as every new password (ValidationError on `new_password`, the token left usable), then
+   * the token is redeemed and the password replaced. Afterwards, as after a password change, every
+   * session and token of the account has ended; its failed-login run and lock are cleared; the
+   * address is verified if the link went to it; and the address is told (events.passwordChanged).
+   */
+  async resetPassword(user: UserRecord, next: string, reset: PasswordReset): Promise<UserRecord> {
+    const prepared = this.#newPassword(next, user, 'new_password')
+    const passwordHash = await this.hasher.hash(prepared)
+    await reset.redeem()
+    const updated = await this.store.update(user.id, {
+      passwordHash,
+      bumpTokenVersion: true,
+      ...(reset.verifiesEmail ? { emailVerified: true } : {}),
+    })
+    if (!updated) throw new NotFoundError()
+    await this.sessions.endAllSessions(user.id, updated.tokenVersion - 1)
+    await this.throttle.clearAccount(user.username)
+    this.options.events?.passwordChanged?.(updated)
+    return updated
   }
 
   async deleteSelf(user: UserRecord, password: string, ip: string): Promise<void> {
@@ -172,8 +248,23 @@ export class UserService {
     return updated
   }
 
-  /** ADMIN_USERNAME/ADMIN_PASSWORD at boot: create that account as an admin, or promote it. */
+  /**
+   * ADMIN_USERNAME/ADMIN_PASSWORD at boot: create that account as an admin, or promote it. Every
+   * failure is an AdminSetupError naming the variable, a store that cannot be reached included.
+   */
   async ensureAdmin(username: string, password: string): Promise<{ user: UserRecord; created: boolean }> {
+    try {
+      return await this.#ensureAdmin(username, password)
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err
+      throw new AdminSetupError(
+        `ADMIN_USERNAME: the admin account cannot be created or promoted: ${err.dependency} is not reachable`,
+        { cause: err },
+      )
+    }
+  }
+
+  async #ensureAdmin(username: string, password: string): Promise<{ user: UserRecord; created: boolean }> {
     const existing = await this.store.findByUsername(username)
     if (existing) {
       // Only an account that already has this password is promoted: otherwise whoever registered
@@ -185,7 +276,9 @@ export class UserService {
       return { user: user as UserRecord, created: false }
     }
     if (!USERNAME_PATTERN.test(username))
-      throw new AdminSetupError('ADMIN_USERNAME: does not follow the username rules')
+      throw new AdminSetupError(
+        'ADMIN_USERNAME: does not follow the username rules (3 to 32 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit)',
+      )
     const problems = this.newPasswordProblems(password, { username })
     if (problems.length > 0) throw new AdminSetupError(`ADMIN_PASSWORD: ${problems.join('; ')}`)
     return { user: await this.register({ username, email: null, password, roles: ['user', 'admin'] }), created: true }

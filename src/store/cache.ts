@@ -2,7 +2,7 @@
 // lookup every authenticated request makes. Changes made through this instance invalidate at once;
 // changes made by another instance are seen after at most `ttlMs`, and what must take effect
 // sooner (a password change, a disable, a deletion) also goes through the shared denylist.
-import type { ListQuery, NewUser, UserPatch, UserRecord, UserStore, WriteOptions } from './users.js'
+import type { ListQuery, NewUser, ReadOptions, UserPatch, UserRecord, UserStore, WriteOptions } from './users.js'
 
 export class CachedUserStore implements UserStore {
   readonly #entries = new Map<string, { record: UserRecord | undefined; expiresAt: number }>()
@@ -13,10 +13,10 @@ export class CachedUserStore implements UserStore {
     private readonly maxEntries = 10_000,
   ) {}
 
-  async findById(id: string): Promise<UserRecord | undefined> {
+  async findById(id: string, options: ReadOptions = {}): Promise<UserRecord | undefined> {
     const now = Date.now()
     const hit = this.#entries.get(id)
-    if (hit && hit.expiresAt > now) return hit.record
+    if (hit && hit.expiresAt > now && !options.fresh) return hit.record
     const record = await this.inner.findById(id)
     if (this.#entries.size >= this.maxEntries) this.#entries.delete(this.#entries.keys().next().value as string)
     this.#entries.set(id, { record, expiresAt: now + this.ttlMs })
@@ -25,6 +25,10 @@ export class CachedUserStore implements UserStore {
 
   findByUsername(username: string): Promise<UserRecord | undefined> {
     return this.inner.findByUsername(username)
+  }
+
+  findByEmail(email: string): Promise<UserRecord | undefined> {
+    return this.inner.findByEmail(email)
   }
 
   async create(user: NewUser): Promise<UserRecord | null> {

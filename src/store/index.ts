@@ -5,15 +5,20 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Redis } from 'ioredis'
 import type pg from 'pg'
 import type { Config } from '../config.js'
+import { addressOf } from '../logging.js'
+import type { Metrics } from '../metrics.js'
 import { CachedUserStore } from './cache.js'
 import { type CounterStore, FallbackCounterStore, MemoryCounterStore } from './counters.js'
 // pg and ioredis are imported only when configured: together they cost ~300 ms of cold start.
 import { type DenyList, MemoryDenyList, MemorySessionStore, type SessionStore } from './sessions.js'
+import { MemoryOneTimeTokenStore, type OneTimeTokenStore } from './tokens.js'
 import { MemoryUserStore, type UserStore } from './users.js'
 
 export interface Stores {
   users: UserStore
   sessions: SessionStore
+  /** Password-reset and e-mail verification tokens (memory, or PostgreSQL with STORE=postgres). */
+  oneTimeTokens: OneTimeTokenStore
   denylist: DenyList
   counters: CounterStore
   /** The Redis client, for @fastify/rate-limit's shared store; undefined without REDIS_URL. */
@@ -23,32 +28,53 @@ export interface Stores {
   close(): Promise<void>
 }
 
-export async function openStores(config: Config, log: FastifyBaseLogger): Promise<Stores> {
+/** Opens the configured stores; `metrics` counts each StoreUnavailableError they raise, by store. */
+export async function openStores(
+  config: Config,
+  log: FastifyBaseLogger,
+  metrics?: Pick<Metrics, 'storeErrors'>,
+): Promise<Stores> {
   const { storage } = config
   const closers: (() => Promise<unknown>)[] = []
   const checks: Stores['checks'] = {}
   let users: UserStore = new MemoryUserStore()
   let sessions: SessionStore = new MemorySessionStore()
+  let oneTimeTokens: OneTimeTokenStore = new MemoryOneTimeTokenStore()
   let denylist: DenyList | undefined
   let counters: CounterStore = new MemoryCounterStore()
   let pool: pg.Pool | undefined
   let redis: Redis | undefined
 
   if (storage.kind === 'postgres') {
-    const { createPgPool, PostgresDenyList, PostgresSessionStore, PostgresUserStore } = await import('./postgres.js')
-    const { migrate } = await import('./migrate.js')
+    const { createPgPool, PostgresDenyList, PostgresOneTimeTokenStore, PostgresSessionStore, PostgresUserStore } =
+      await import('./postgres.js')
+    const { prepareSchema, SchemaGate } = await import('./schema-gate.js')
+    const where = addressOf(storage.databaseUrl as string)
+    // No request may reach a table before the schema is known to match (store/schema-gate.ts).
+    const gate = new SchemaGate({
+      onProblem: (err) =>
+        log.error(
+          { code: (err as { code?: unknown }).code },
+          `${err.message}. Until this is fixed, requests that need the database answer 503`,
+        ),
+      onPassed: () => log.info(`PostgreSQL at ${where} reachable and its schema matches`),
+    })
     pool = createPgPool(storage.databaseUrl as string, {
       connectionTimeoutMillis: storage.timeoutMs,
       queryTimeoutMs: storage.timeoutMs,
       onError: (err) => log.warn({ err: err.message }, 'postgres connection error'),
+      onUnavailable: () => metrics?.storeErrors.inc({ store: 'postgres' }),
+      onConnect: gate.onConnect,
     })
-    if (storage.migrateOnStart) {
-      const applied = await migrate(pool)
-      log.info({ applied }, applied.length > 0 ? 'migrations applied' : 'migrations up to date')
-    }
+    const opened = pool
+    await prepareSchema(pool, gate, { migrateOnStart: storage.migrateOnStart, where, log }).catch(async (err) => {
+      await opened.end().catch(() => {})
+      throw err
+    })
     const pgUsers = new PostgresUserStore(pool)
     users = storage.userCacheTtlMs > 0 ? new CachedUserStore(pgUsers, storage.userCacheTtlMs) : pgUsers
     sessions = new PostgresSessionStore(pool)
+    oneTimeTokens = new PostgresOneTimeTokenStore(pool)
     checks.postgres = () => pgUsers.ping()
     if (!storage.redisUrl) denylist = new PostgresDenyList(pool)
   }
@@ -58,6 +84,7 @@ export async function openStores(config: Config, log: FastifyBaseLogger): Promis
     redis = createRedis(storage.redisUrl, {
       timeoutMs: storage.timeoutMs,
       onError: (err) => log.debug({ err: err.message }, 'redis connection error'),
+      onUnavailable: () => metrics?.storeErrors.inc({ store: 'redis' }),
     })
     const redisCounters = new RedisCounterStore(redis, { prefix: storage.redisPrefix })
     let warned = 0
@@ -75,7 +102,9 @@ export async function openStores(config: Config, log: FastifyBaseLogger): Promis
   denylist ??= new MemoryDenyList()
 
   // Close the stores first, then the connections they share.
-  closers.push(() => Promise.allSettled([users.close(), sessions.close(), denylist.close(), counters.close()]))
+  closers.push(() =>
+    Promise.allSettled([users.close(), sessions.close(), oneTimeTokens.close(), denylist.close(), counters.close()]),
+  )
   if (redis) {
     const client = redis
     closers.push(() => client.quit().catch(() => client.disconnect()))
@@ -91,6 +120,7 @@ export async function openStores(config: Config, log: FastifyBaseLogger): Promis
   return {
     users,
     sessions,
+    oneTimeTokens,
     denylist,
     counters,
     redis,

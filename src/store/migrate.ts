@@ -1,10 +1,12 @@
 // Schema migrations: the numbered SQL files in migrations/ applied in order, each in its own
 // transaction, recorded in schema_migrations. Safe to run twice and from two instances at once.
+// checkSchema and schemaMismatch compare what a database has with what this server ships.
 import { existsSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type pg from 'pg'
+import { SchemaError } from '../errors.js'
 
 /** `NNN_name.sql`: NNN is the version, and the order of application. */
 const MIGRATION_FILE = /^(\d+)_[A-Za-z0-9_-]+\.sql$/
@@ -42,7 +44,16 @@ export function defaultMigrationsDir(): string {
 
 async function migrationFiles(dir: string): Promise<MigrationFile[]> {
   const files: MigrationFile[] = []
-  for (const entry of await readdir(dir)) {
+  let entries: string[]
+  try {
+    entries = await readdir(dir)
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? 'error'
+    throw new Error(`the migrations directory ${dir} cannot be read (${code}); it ships with the server`, {
+      cause: err,
+    })
+  }
+  for (const entry of entries) {
     const match = MIGRATION_FILE.exec(entry)
     if (!match) continue
     files.push({ version: String(Number(match[1])), name: entry.slice(0, -'.sql'.length), path: join(dir, entry) })
@@ -110,4 +121,66 @@ export async function migrate(
     client.release(true)
   }
   return applied
+}
+
+/** A migration by its version (`2`) and name (`002_refresh_reuse_grace`). */
+export interface MigrationRef {
+  version: string
+  name: string
+}
+
+/** What checkSchema found: the migrations recorded in the database, and those this server ships. */
+export interface SchemaVersions {
+  /** Rows of schema_migrations in version order; [] when the table does not exist (never migrated). */
+  applied: MigrationRef[]
+  /** The files in migrations/, in version order. */
+  shipped: MigrationRef[]
+}
+
+/**
+ * Reads which migrations the database has (schema_migrations, as migrate() records them) and
+ * which this server ships. Read only: it creates nothing, so it can run before `npm run migrate`
+ * and on a database whose schema a newer server wrote. The table is looked up on the search_path,
+ * as migrate() creates it. `db` is a pool or one connection.
+ */
+export async function checkSchema(
+  db: Pick<pg.ClientBase, 'query'>,
+  dir = defaultMigrationsDir(),
+): Promise<SchemaVersions> {
+  const shipped = (await migrationFiles(dir)).map(({ version, name }) => ({ version, name }))
+  const { rows } = await db.query<{ present: boolean }>(
+    "SELECT to_regclass('schema_migrations') IS NOT NULL AS present",
+  )
+  if (!rows[0]?.present) return { applied: [], shipped }
+  const recorded = await db.query<{ version: string; name: string }>('SELECT version, name FROM schema_migrations')
+  const applied = recorded.rows
+    .map((r) => ({ version: String(r.version), name: String(r.name) }))
+    .sort((a, b) => Number(a.version) - Number(b.version))
+  return { applied, shipped }
+}
+
+/**
+ * The mismatch between a database and this server, or undefined when every shipped migration is
+ * applied and nothing else is. Ahead wins over behind: migrating cannot fix an applied migration
+ * this server does not know. Each message names both versions (the highest of each side).
+ */
+export function schemaMismatch({ applied, shipped }: SchemaVersions): SchemaError | undefined {
+  const label = (m: MigrationRef | undefined) => (m ? `version ${m.version} (${m.name})` : 'version 0 (never migrated)')
+  const database = label(applied.at(-1))
+  const server = label(shipped.at(-1))
+  const shippedVersions = new Set(shipped.map((m) => m.version))
+  const appliedVersions = new Set(applied.map((m) => m.version))
+  const unknown = applied.filter((m) => !shippedVersions.has(m.version))
+  if (unknown.length > 0)
+    return new SchemaError(
+      `PostgreSQL schema is ahead of this server: the database is at ${database}, this server ships up to ${server} and does not know ${unknown.map((m) => m.name).join(', ')}; a newer release migrated this database, so run that release (or a newer one)`,
+      'ahead',
+    )
+  const pending = shipped.filter((m) => !appliedVersions.has(m.version))
+  if (pending.length > 0)
+    return new SchemaError(
+      `PostgreSQL schema is behind this server: the database is at ${database}, this server needs ${server} (pending: ${pending.map((m) => m.name).join(', ')}); run \`npm run migrate\`, or start with MIGRATE_ON_START=true`,
+      'behind',
+    )
+  return undefined
 }

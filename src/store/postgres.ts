@@ -2,7 +2,7 @@
 // same interfaces as the in-memory ones. Every query is parameterised. A database that cannot be
 // reached becomes StoreUnavailableError('postgres') (a quick 503), never a hang or a 500.
 import pg from 'pg'
-import { LastAdminError, StoreUnavailableError } from '../errors.js'
+import { EmailTakenError, LastAdminError, StoreUnavailableError } from '../errors.js'
 import {
   type DenyList,
   MemoryDenyList,
@@ -11,7 +11,9 @@ import {
   type RefreshTokenRecord,
   type SessionStore,
 } from './sessions.js'
+import type { OneTimeTokenPurpose, OneTimeTokenRecord, OneTimeTokenStore } from './tokens.js'
 import {
+  emailKey,
   isEnabledAdmin,
   type ListQuery,
   type NewUser,
@@ -37,7 +39,20 @@ export interface PgPoolOptions {
   applicationName?: string
   /** Errors of idle connections (the server restarted, the network dropped); ignored when omitted. */
   onError?: (err: Error) => void
+  /** Called each time a store over this pool raises StoreUnavailableError (the metrics count them). */
+  onUnavailable?: () => void
+  /**
+   * Runs on each new connection before the pool hands it out; a rejection closes the connection and
+   * fails whatever asked for it with that error (the schema gate, store/schema-gate.ts).
+   */
+  onConnect?: (client: pg.ClientBase) => Promise<void>
 }
+
+/**
+ * Each pool's onUnavailable, by pool: the query helpers below are handed the pool and nothing else.
+ * Per pool, so two apps in one process (tests) count apart.
+ */
+const unavailableListeners = new WeakMap<pg.Pool, () => void>()
 
 /** An unquoted SQL identifier: safe to put in the startup `options` without quoting. */
 const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
@@ -64,8 +79,10 @@ export function createPgPool(url: string, options: PgPoolOptions = {}): pg.Pool 
     keepAlive: true,
     application_name: options.applicationName ?? 'fastify-auth-server',
     ...(options.schema === undefined ? {} : { options: `-c search_path=${options.schema}` }),
+    ...(options.onConnect === undefined ? {} : { onConnect: options.onConnect }),
   })
   pool.on('error', options.onError ?? (() => {}))
+  if (options.onUnavailable) unavailableListeners.set(pool, options.onUnavailable)
   return pool
 }
 
@@ -103,11 +120,17 @@ export function isPgUnavailable(err: unknown): boolean {
 }
 
 /** StoreUnavailableError('postgres') for connection failures (the original as `cause`); others unchanged. */
-function storeError(err: unknown): unknown {
+function storeError(err: unknown, pool: pg.Pool): unknown {
   if (err instanceof StoreUnavailableError || !isPgUnavailable(err)) return err
-  const wrapped = new StoreUnavailableError('postgres')
+  const wrapped = unavailable(pool)
   wrapped.cause = err
   return wrapped
+}
+
+/** A new StoreUnavailableError('postgres'), reported to the pool's onUnavailable. */
+function unavailable(pool: pg.Pool): StoreUnavailableError {
+  unavailableListeners.get(pool)?.()
+  return new StoreUnavailableError('postgres')
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -133,7 +156,7 @@ async function query<R extends pg.QueryResultRow>(
   try {
     return await pool.query<R>(text, values)
   } catch (err) {
-    throw storeError(err)
+    throw storeError(err, pool)
   }
 }
 
@@ -143,7 +166,7 @@ async function transaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Prom
   try {
     client = await pool.connect()
   } catch (err) {
-    throw storeError(err)
+    throw storeError(err, pool)
   }
   try {
     await client.query('BEGIN')
@@ -157,7 +180,7 @@ async function transaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Prom
       () => false,
     )
     client.release(rolledBack ? undefined : true)
-    throw storeError(err)
+    throw storeError(err, pool)
   }
 }
 
@@ -171,6 +194,7 @@ interface UserRow {
   id: string
   username: string
   email: string | null
+  email_verified: boolean
   password_hash: string
   created_at: Date
   roles: string[]
@@ -178,7 +202,16 @@ interface UserRow {
   token_version: number
 }
 
-const USER_COLUMNS = 'id, username, email, password_hash, created_at, roles, disabled, token_version'
+const USER_COLUMNS = 'id, username, email, email_verified, password_hash, created_at, roles, disabled, token_version'
+
+/**
+ * EmailTakenError for a violation of the unique address index (migrations/003): the database's
+ * answer when two accounts race for one address, or an address was taken since it was checked.
+ */
+function emailConflict(err: unknown): unknown {
+  const { code, constraint } = (err ?? {}) as { code?: unknown; constraint?: unknown }
+  return code === '23505' && constraint === 'users_email_key_unique' ? new EmailTakenError() : err
+}
 
 /** Frozen like the in-memory store's records: a reader can never change what the store holds. */
 function toUser(row: UserRow): UserRecord {
@@ -186,6 +219,7 @@ function toUser(row: UserRow): UserRecord {
     id: row.id,
     username: row.username,
     email: row.email,
+    emailVerified: row.email_verified,
     passwordHash: row.password_hash,
     createdAt: row.created_at,
     roles: Object.freeze([...row.roles]) as readonly Role[],
@@ -232,10 +266,12 @@ export class PostgresUserStore implements UserStore {
   async create(user: NewUser): Promise<UserRecord | null> {
     // ON CONFLICT on the unique username_key: of two concurrent inserts of Bob and bob, the second
     // waits for the first to commit and then inserts nothing. Zero rows back means the name is taken.
+    // The unique email_key is not an arbiter, so a taken address (a free name) raises 23505: the
+    // name is answered first, as the in-memory store does.
     const { rows } = await query<UserRow>(
       this.#pool,
-      `INSERT INTO users (id, username, username_key, email, password_hash, created_at, roles)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)
+      `INSERT INTO users (id, username, username_key, email, email_key, password_hash, created_at, roles)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
        ON CONFLICT (username_key) DO NOTHING
        RETURNING ${USER_COLUMNS}`,
       [
@@ -243,11 +279,14 @@ export class PostgresUserStore implements UserStore {
         user.username,
         normaliseUsername(user.username),
         user.email,
+        user.email === null ? null : emailKey(user.email),
         user.passwordHash,
         user.createdAt,
         [...user.roles],
       ],
-    )
+    ).catch((err: unknown) => {
+      throw emailConflict(err)
+    })
     return rows[0] ? toUser(rows[0]) : null
   }
 
@@ -264,14 +303,25 @@ export class PostgresUserStore implements UserStore {
     return rows[0] && toUser(rows[0])
   }
 
+  async findByEmail(email: string): Promise<UserRecord | undefined> {
+    const { rows } = await query<UserRow>(this.#pool, `SELECT ${USER_COLUMNS} FROM users WHERE email_key = $1`, [
+      emailKey(email),
+    ])
+    return rows[0] && toUser(rows[0])
+  }
+
   async update(id: string, patch: UserPatch, options: WriteOptions = {}): Promise<UserRecord | undefined> {
     if (!isUuid(id)) return undefined
     // One statement for every patch shape: a NULL parameter keeps the column as it is.
+    // A new address is checked by the unique email_key: a taken one fails the statement (23505).
     const text = `UPDATE users SET
          password_hash = COALESCE($2, password_hash),
          roles = COALESCE($3::text[], roles),
          disabled = COALESCE($4, disabled),
-         token_version = token_version + $5
+         token_version = token_version + $5,
+         email = COALESCE($6, email),
+         email_key = COALESCE($7, email_key),
+         email_verified = COALESCE($8, email_verified)
        WHERE id = $1
        RETURNING ${USER_COLUMNS}`
     const values = [
@@ -280,16 +330,23 @@ export class PostgresUserStore implements UserStore {
       patch.roles ? [...patch.roles] : null,
       patch.disabled ?? null,
       patch.bumpTokenVersion ? 1 : 0,
+      patch.email ?? null,
+      patch.email === undefined ? null : emailKey(patch.email),
+      patch.emailVerified ?? null,
     ]
-    if (!options.keepAnAdmin || !patchMayRemoveAdmin(patch)) {
-      const { rows } = await query<UserRow>(this.#pool, text, values)
-      return rows[0] && toUser(rows[0])
+    try {
+      if (!options.keepAnAdmin || !patchMayRemoveAdmin(patch)) {
+        const { rows } = await query<UserRow>(this.#pool, text, values)
+        return rows[0] && toUser(rows[0])
+      }
+      return await transaction(this.#pool, async (client) => {
+        if (!(await lockKeepingAnAdmin(client, id))) return undefined
+        const { rows } = await client.query<UserRow>(text, values)
+        return rows[0] && toUser(rows[0])
+      })
+    } catch (err) {
+      throw emailConflict(err)
     }
-    return transaction(this.#pool, async (client) => {
-      if (!(await lockKeepingAnAdmin(client, id))) return undefined
-      const { rows } = await client.query<UserRow>(text, values)
-      return rows[0] && toUser(rows[0])
-    })
   }
 
   async delete(id: string, options: WriteOptions = {}): Promise<boolean> {
@@ -587,7 +644,7 @@ export class PostgresDenyList implements DenyList {
 
   /** Unhealthy means the database does not answer: a 503, as for every request that needs it. */
   unavailableError(): Error {
-    return new StoreUnavailableError('postgres')
+    return unavailable(this.#pool)
   }
 
   /** Fetches new entries now (also what the timer does); StoreUnavailableError when the table cannot be read. */
@@ -642,5 +699,96 @@ export class PostgresDenyList implements DenyList {
       this.#lastPollFailed = true
       throw err
     }
+  }
+}
+
+// --- one-time tokens (password reset, e-mail verification) -------------------------------------
+
+interface OneTimeTokenRow {
+  hash: string
+  purpose: OneTimeTokenPurpose
+  user_id: string
+  email: string
+  user_version: number
+  created_at: Date
+  expires_at: Date
+}
+
+const ONE_TIME_TOKEN_COLUMNS = 'hash, purpose, user_id, email, user_version, created_at, expires_at'
+
+function toOneTimeToken(row: OneTimeTokenRow): OneTimeTokenRecord {
+  return Object.freeze({
+    hash: row.hash,
+    purpose: row.purpose,
+    userId: row.user_id,
+    email: row.email,
+    userVersion: row.user_version,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+  })
+}
+
+/** The one_time_tokens table (migrations/003). Expiry is compared with the `now` the caller gives: the application's clock. */
+export class PostgresOneTimeTokenStore implements OneTimeTokenStore {
+  readonly #pool: pg.Pool
+  readonly #ownsPool: boolean
+
+  /** A pool (shared; the caller ends it) or a URL (a pool of its own, ended by close()). */
+  constructor(pool: pg.Pool | string) {
+    const { pool: p, owned } = openPool(pool)
+    this.#pool = p
+    this.#ownsPool = owned
+  }
+
+  async issue(token: OneTimeTokenRecord): Promise<boolean> {
+    if (!isUuid(token.userId)) return false
+    // The unique (user_id, purpose) makes the new token replace the old one in one statement: two
+    // concurrent issues for one account take turns on that row, and the later one stays.
+    try {
+      await query(
+        this.#pool,
+        `INSERT INTO one_time_tokens (${ONE_TIME_TOKEN_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT ON CONSTRAINT one_time_tokens_one_per_purpose DO UPDATE SET
+           hash = EXCLUDED.hash, email = EXCLUDED.email, user_version = EXCLUDED.user_version,
+           created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at`,
+        [token.hash, token.purpose, token.userId, token.email, token.userVersion, token.createdAt, token.expiresAt],
+      )
+      return true
+    } catch (err) {
+      // foreign_key_violation: the account was deleted meanwhile.
+      if ((err as { code?: unknown }).code === '23503') return false
+      throw err
+    }
+  }
+
+  async find(hash: string, purpose: OneTimeTokenPurpose, now: Date): Promise<OneTimeTokenRecord | undefined> {
+    const { rows } = await query<OneTimeTokenRow>(
+      this.#pool,
+      `SELECT ${ONE_TIME_TOKEN_COLUMNS} FROM one_time_tokens WHERE hash = $1 AND purpose = $2 AND expires_at > $3`,
+      [hash, purpose, now],
+    )
+    return rows[0] && toOneTimeToken(rows[0])
+  }
+
+  async consume(hash: string, purpose: OneTimeTokenPurpose, now: Date): Promise<OneTimeTokenRecord | undefined> {
+    // DELETE … RETURNING: a concurrent consume of the same token waits for this row lock, then
+    // finds the row gone and returns nothing.
+    const { rows } = await query<OneTimeTokenRow>(
+      this.#pool,
+      `DELETE FROM one_time_tokens WHERE hash = $1 AND purpose = $2 AND expires_at > $3
+       RETURNING ${ONE_TIME_TOKEN_COLUMNS}`,
+      [hash, purpose, now],
+    )
+    return rows[0] && toOneTimeToken(rows[0])
+  }
+
+  async sweep(now: Date): Promise<number> {
+    const { rowCount } = await query(this.#pool, 'DELETE FROM one_time_tokens WHERE expires_at <= $1', [now])
+    return rowCount ?? 0
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsPool) await this.#pool.end()
   }
 }

@@ -16,7 +16,15 @@ export interface RedisClientOptions {
   onError?: (err: Error) => void
   /** How long a connection attempt or one command may take (default 2000 ms). */
   timeoutMs?: number
+  /** Called each time a store over this client raises StoreUnavailableError (the metrics count them). */
+  onUnavailable?: () => void
 }
+
+/**
+ * Each client's onUnavailable, by client: the command helpers below are handed the client and
+ * nothing else. Per client, so two apps in one process (tests) count apart.
+ */
+const unavailableListeners = new WeakMap<Redis, () => void>()
 
 /**
  * A client that fails commands at once while disconnected (no offline queue, one retry), gives up
@@ -33,7 +41,14 @@ export function createRedis(url: string, options: RedisClientOptions = {}): Redi
     connectionName: options.connectionName ?? 'fastify-auth-server',
   })
   redis.on('error', options.onError ?? (() => {}))
+  if (options.onUnavailable) unavailableListeners.set(redis, options.onUnavailable)
   return redis
+}
+
+/** A new StoreUnavailableError('redis'), reported to the client's onUnavailable. */
+function unavailable(redis: Redis): StoreUnavailableError {
+  unavailableListeners.get(redis)?.()
+  return new StoreUnavailableError('redis')
 }
 
 /** Resolves once the client is connected; StoreUnavailableError if that takes longer than `timeoutMs`. */
@@ -46,7 +61,7 @@ export function redisReady(redis: Redis, timeoutMs = 2_000): Promise<void> {
     }
     const timer = setTimeout(() => {
       redis.off('ready', onReady)
-      reject(new StoreUnavailableError('redis'))
+      reject(unavailable(redis))
     }, timeoutMs)
     redis.once('ready', onReady)
   })
@@ -59,19 +74,19 @@ const UNAVAILABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|OOM|CLUSTERDOWN|TR
  * StoreUnavailableError('redis') for anything but a server's error reply to a bad command (those
  * are bugs and stay as they are): refused or dropped connections, timeouts, a server that is loading.
  */
-function storeError(err: unknown): unknown {
+function storeError(err: unknown, redis: Redis): unknown {
   if (err instanceof StoreUnavailableError) return err
   if (err instanceof Error && err.name === 'ReplyError' && !UNAVAILABLE_REPLY.test(err.message)) return err
-  const wrapped = new StoreUnavailableError('redis')
+  const wrapped = unavailable(redis)
   wrapped.cause = err
   return wrapped
 }
 
-async function attempt<T>(command: () => Promise<T>): Promise<T> {
+async function attempt<T>(redis: Redis, command: () => Promise<T>): Promise<T> {
   try {
     return await command()
   } catch (err) {
-    throw storeError(err)
+    throw storeError(err, redis)
   }
 }
 
@@ -138,21 +153,21 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async incr(key: string, delta: number, ttlMs: number): Promise<CounterValue> {
-    const [value, ttl] = await attempt(() =>
+    const [value, ttl] = await attempt(this.#redis, () =>
       this.#redis.authCounterIncr(this.#prefix + key, delta, Math.max(1, Math.ceil(ttlMs))),
     )
     return { value, ttlMs: ttl }
   }
 
   async get(key: string): Promise<CounterValue | undefined> {
-    const reply = await attempt(() => this.#redis.authCounterGet(this.#prefix + key))
+    const reply = await attempt(this.#redis, () => this.#redis.authCounterGet(this.#prefix + key))
     if (reply === null) return undefined
     const [value, ttl] = reply
     return { value, ttlMs: ttl }
   }
 
   async setIfAbsent(key: string, ttlMs: number): Promise<boolean> {
-    const reply = await attempt(() =>
+    const reply = await attempt(this.#redis, () =>
       this.#redis.set(this.#prefix + key, '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX'),
     )
     return reply === 'OK'
@@ -160,7 +175,7 @@ export class RedisCounterStore implements CounterStore {
 
   async delete(...keys: string[]): Promise<void> {
     if (keys.length === 0) return
-    await attempt(() => this.#redis.del(...keys.map((k) => this.#prefix + k)))
+    await attempt(this.#redis, () => this.#redis.del(...keys.map((k) => this.#prefix + k)))
   }
 
   /**
@@ -173,7 +188,7 @@ export class RedisCounterStore implements CounterStore {
 
   /** Readiness: resolves when Redis answers, else StoreUnavailableError. */
   async ping(): Promise<void> {
-    await attempt(() => this.#redis.ping())
+    await attempt(this.#redis, () => this.#redis.ping())
   }
 
   async close(): Promise<void> {
@@ -236,7 +251,7 @@ export class RedisDenyList implements DenyList {
     try {
       const ttlSeconds = Math.ceil(expiresAtSeconds - Date.now() / 1000)
       if (ttlSeconds > 0) {
-        const results = await attempt(() =>
+        const results = await attempt(this.#redis, () =>
           this.#redis
             .multi()
             .set(this.#keyPrefix + id, String(expiresAtSeconds), 'EX', ttlSeconds)
@@ -244,7 +259,7 @@ export class RedisDenyList implements DenyList {
             .exec(),
         )
         const failed = results?.find(([err]) => err)?.[0]
-        if (!results || failed) throw storeError(failed ?? new Error('transaction aborted'))
+        if (!results || failed) throw storeError(failed ?? new Error('transaction aborted'), this.#redis)
       }
     } finally {
       // Enforced here even when the write failed: this instance at least never accepts the token again.
@@ -262,7 +277,7 @@ export class RedisDenyList implements DenyList {
 
   /** Readiness: resolves when Redis answers, else StoreUnavailableError. */
   async ping(): Promise<void> {
-    await attempt(() => this.#redis.ping())
+    await attempt(this.#redis, () => this.#redis.ping())
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 // User storage: the UserStore interface and the in-memory implementation (the zero-config default).
 // Knows nothing of HTTP or bcrypt; it stores what the service hands it.
-import { LastAdminError } from '../errors.js'
+import { EmailTakenError, LastAdminError } from '../errors.js'
 
 export type Role = 'user' | 'admin'
 export const ROLES: readonly Role[] = ['user', 'admin']
@@ -11,6 +11,8 @@ export interface UserRecord {
   /** As registered (display form). */
   readonly username: string
   readonly email: string | null
+  /** True once a link sent to `email` was followed; false for a new account and a new address. */
+  readonly emailVerified: boolean
   readonly passwordHash: string
   readonly createdAt: Date
   readonly roles: readonly Role[]
@@ -29,6 +31,9 @@ export interface NewUser {
 }
 
 export interface UserPatch {
+  /** A new address (unique like at creation: EmailTakenError when another account has it). */
+  email?: string
+  emailVerified?: boolean
   passwordHash?: string
   roles?: readonly Role[]
   disabled?: boolean
@@ -56,6 +61,16 @@ export function patchMayRemoveAdmin(patch: UserPatch): boolean {
   return (patch.roles !== undefined && !patch.roles.includes('admin')) || patch.disabled === true
 }
 
+/** Options of findById. */
+export interface ReadOptions {
+  /**
+   * Read the stored record, past any cache in front of the store (CachedUserStore): for a decision
+   * that must see a change made a moment ago on another instance, such as whether a one-time
+   * token is older than the account's last password change.
+   */
+  fresh?: boolean
+}
+
 export interface ListQuery {
   limit: number
   offset: number
@@ -63,13 +78,20 @@ export interface ListQuery {
 }
 
 export interface UserStore {
-  /** Stores the user, or returns null when the normalised username is taken (atomically). */
+  /**
+   * Stores the user (email not verified), or returns null when the normalised username is taken;
+   * throws EmailTakenError when the username is free but another account has the address (by
+   * emailKey). Both checks are atomic with the insert.
+   */
   create(user: NewUser): Promise<UserRecord | null>
-  findById(id: string): Promise<UserRecord | undefined>
+  findById(id: string, options?: ReadOptions): Promise<UserRecord | undefined>
   findByUsername(username: string): Promise<UserRecord | undefined>
+  /** The account whose address is `email` in any case (by emailKey). */
+  findByEmail(email: string): Promise<UserRecord | undefined>
   /**
    * Applies the patch; undefined when the user does not exist. With `keepAnAdmin`, throws
-   * LastAdminError (and changes nothing) when the patch would leave no enabled admin.
+   * LastAdminError (and changes nothing) when the patch would leave no enabled admin. A new
+   * `email` that another account has throws EmailTakenError, atomically, changing nothing.
    */
   update(id: string, patch: UserPatch, options?: WriteOptions): Promise<UserRecord | undefined>
   /** False when the user does not exist. With `keepAnAdmin`, as update. */
@@ -90,6 +112,18 @@ export function normaliseUsername(username: string): string {
 }
 
 /**
+ * What makes two addresses the same one: the whole address lower-cased, the local part included,
+ * of the form the Email schema stores (domain already lower-cased Unicode, NFC). RFC 5321 leaves
+ * the local part's case to the receiving server, but no mail provider in use tells `Alice@` from
+ * `alice@`, and two accounts that only differ there would be one mailbox with two owners. Computed
+ * here, by JavaScript, for both stores (PostgreSQL keeps it in users.email_key), so that they agree
+ * on every address whatever the database's locale.
+ */
+export function emailKey(email: string): string {
+  return email.toLowerCase()
+}
+
+/**
  * One user as the in-memory store keeps it: a class (one hidden class, fields in-object), the id
  * packed into 16 bytes, the creation time as a number, roles shared between users. Packed because
  * a million users must fit in 512 MB: a randomUUID() string alone costs ~490 bytes as stored.
@@ -99,6 +133,7 @@ class PackedUser {
     readonly key: string,
     readonly username: string,
     readonly email: string | null,
+    readonly emailVerified: boolean,
     readonly passwordHash: string,
     readonly createdAtMs: number,
     readonly roles: readonly Role[],
@@ -157,6 +192,7 @@ function toRecord(p: PackedUser, id = unpackId(p.key)): UserRecord {
     id,
     username: p.username,
     email: p.email,
+    emailVerified: p.emailVerified,
     passwordHash: p.passwordHash,
     createdAt: new Date(p.createdAtMs),
     roles: p.roles,
@@ -172,6 +208,8 @@ function toRecord(p: PackedUser, id = unpackId(p.key)): UserRecord {
 export class MemoryUserStore implements UserStore {
   readonly #byId = new Map<string, PackedUser>()
   readonly #byName = new Map<string, PackedUser>()
+  /** emailKey → the key of the account with that address; only accounts with an address are in it. */
+  readonly #byEmail = new Map<string, string>()
   /** Keys of the enabled admins, kept with every write: the last-admin check needs no scan. */
   readonly #enabledAdmins = new Set<string>()
 
@@ -185,11 +223,14 @@ export class MemoryUserStore implements UserStore {
     if (key === undefined) throw new Error('user ids are UUIDs')
     const name = normaliseUsername(user.username)
     if (this.#byName.has(name) || this.#byId.has(key)) return null
+    const mailKey = user.email === null ? undefined : emailKey(user.email)
+    if (mailKey !== undefined && this.#byEmail.has(mailKey)) throw new EmailTakenError()
     // Flat copies: a string built by concatenation or slicing can hold far more memory than its text.
     const packed = new PackedUser(
       key,
       flat(user.username),
       user.email === null ? null : flat(user.email),
+      false,
       user.passwordHash,
       user.createdAt.getTime(),
       internRoles(user.roles),
@@ -198,6 +239,7 @@ export class MemoryUserStore implements UserStore {
     )
     this.#byId.set(key, packed)
     this.#byName.set(name === user.username ? packed.username : name, packed)
+    if (mailKey !== undefined) this.#byEmail.set(mailKey, key)
     if (isEnabledAdmin(packed)) this.#enabledAdmins.add(key)
     return toRecord(packed, user.id)
   }
@@ -213,15 +255,26 @@ export class MemoryUserStore implements UserStore {
     return packed && toRecord(packed)
   }
 
+  async findByEmail(email: string): Promise<UserRecord | undefined> {
+    const key = this.#byEmail.get(emailKey(email))
+    const packed = key === undefined ? undefined : this.#byId.get(key)
+    return packed && toRecord(packed)
+  }
+
   // Check and write run with no await in between: nothing else can change the admins meanwhile.
   async update(id: string, patch: UserPatch, options: WriteOptions = {}): Promise<UserRecord | undefined> {
     const key = packId(id)
     const current = key === undefined ? undefined : this.#byId.get(key)
     if (!current || key === undefined) return undefined
+    const oldMailKey = current.email === null ? undefined : emailKey(current.email)
+    const newMailKey = patch.email === undefined ? oldMailKey : emailKey(patch.email)
+    if (newMailKey !== oldMailKey && newMailKey !== undefined && this.#byEmail.has(newMailKey))
+      throw new EmailTakenError()
     const next = new PackedUser(
       key,
       current.username,
-      current.email,
+      patch.email === undefined ? current.email : flat(patch.email),
+      patch.emailVerified ?? current.emailVerified,
       patch.passwordHash ?? current.passwordHash,
       current.createdAtMs,
       patch.roles ? internRoles(patch.roles) : current.roles,
@@ -231,6 +284,10 @@ export class MemoryUserStore implements UserStore {
     if (options.keepAnAdmin && !isEnabledAdmin(next)) this.#refuseIfLastAdmin(key, current)
     this.#byId.set(key, next)
     this.#byName.set(normaliseUsername(current.username), next)
+    if (newMailKey !== oldMailKey) {
+      if (oldMailKey !== undefined) this.#byEmail.delete(oldMailKey)
+      if (newMailKey !== undefined) this.#byEmail.set(newMailKey, key)
+    }
     if (isEnabledAdmin(next)) this.#enabledAdmins.add(key)
     else this.#enabledAdmins.delete(key)
     return toRecord(next, id)
@@ -243,6 +300,7 @@ export class MemoryUserStore implements UserStore {
     if (options.keepAnAdmin) this.#refuseIfLastAdmin(key, current)
     this.#byId.delete(key)
     this.#byName.delete(normaliseUsername(current.username))
+    if (current.email !== null) this.#byEmail.delete(emailKey(current.email))
     this.#enabledAdmins.delete(key)
     return true
   }
@@ -264,6 +322,7 @@ export class MemoryUserStore implements UserStore {
       key,
       current.username,
       current.email,
+      current.emailVerified,
       next,
       current.createdAtMs,
       current.roles,
