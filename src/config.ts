@@ -290,6 +290,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push('JWT_SECRET: is required in production with JWT_ALGORITHM=HS256')
   }
   if (production && e.BCRYPT_ROUNDS < 10) problems.push('BCRYPT_ROUNDS: must be at least 10 in production')
+  // Within the grace a replayed refresh token forks the session instead of ending it: long enough
+  // for two tabs and a retry, never long enough to be a second way into an account.
+  if (production && e.REFRESH_REUSE_GRACE_SECONDS > 60)
+    problems.push('REFRESH_REUSE_GRACE_SECONDS: must be at most 60 in production')
   if (e.REFRESH_TOKEN_ABSOLUTE_DAYS < e.REFRESH_TOKEN_EXPIRE_DAYS)
     problems.push('REFRESH_TOKEN_ABSOLUTE_DAYS: must be at least REFRESH_TOKEN_EXPIRE_DAYS')
   if (e.LOGIN_LOCKOUT_MAX_SECONDS < e.LOGIN_LOCKOUT_SECONDS)

@@ -85,12 +85,13 @@ export function listenUrl(address: AddressInfo | string | null): string {
 /**
  * The start-up line: what runs and where. The version, the address really bound (PORT=0 included),
  * the store (PostgreSQL by host and database), Redis (by host) or off, the signing algorithm and
- * key ids (they are in every token header), and the docs. Never a credential: URLs go through
- * addressOf.
+ * key ids (they are in every token header), the docs, how mail goes out (`smtp` by host, `log`,
+ * or `off`) and the metrics listener (its real address, or off). Never a credential: URLs go
+ * through addressOf.
  */
 export function startupLine(
-  config: Pick<Config, 'env' | 'storage' | 'jwt' | 'docsEnabled'>,
-  { version, url }: { version: string; url: string },
+  config: Pick<Config, 'env' | 'storage' | 'jwt' | 'docsEnabled' | 'mail'>,
+  { version, url, metrics }: { version: string; url: string; metrics?: string | null },
 ): { fields: Record<string, unknown>; msg: string } {
   const { storage, jwt } = config
   const docs = config.docsEnabled ? `${url}/docs` : 'off'
@@ -106,6 +107,8 @@ export function startupLine(
       redis: storage.redisUrl ? addressOf(storage.redisUrl) : 'off',
       jwt: { algorithm: jwt.algorithm, kid: jwt.kid, previousKids: jwt.keys.previous.map((k) => k.kid) },
       docs,
+      mail: config.mail.mode === 'smtp' ? `smtp ${addressOf(config.mail.smtpUrl as string)}` : config.mail.mode,
+      metrics: metrics ?? 'off',
     },
   }
 }

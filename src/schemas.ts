@@ -30,15 +30,33 @@ export const Email = z
   )
 
 function isEmailAddress(value: string): boolean {
+  // No control characters anywhere, not even quoted: they end up in mail headers and logs.
+  if (/\p{Cc}/u.test(value)) return false
   if (!isEmailModule.default(value, { allow_utf8_local_part: true, require_tld: true, allow_ip_domain: false }))
     return false
-  return domainToASCII(value.slice(value.lastIndexOf('@') + 1)) !== ''
+  // UTS #46 maps some dots (U+3002 and the like) to '.', which can leave an empty last label.
+  const ascii = domainToASCII(value.slice(value.lastIndexOf('@') + 1))
+  return ascii !== '' && !ascii.endsWith('.')
 }
 
-/** The address in its one stored form (call on an address isEmailAddress accepted). */
+// RFC 5322 §3.2.3 dot-atom text, with the UTF-8 characters RFC 6532 allows.
+const DOT_ATOM =
+  /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10FFFF}-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10FFFF}-]+)*$/u
+
+/**
+ * The address in its one stored form (call on an address isEmailAddress accepted). The local part:
+ * NFC, quoted-pairs reduced, and quotes dropped where they are not needed (`"alice"` is `alice`, the
+ * same mailbox: RFC 5321 §4.1.2); its case is kept (RFC 5321 §2.4 leaves it to the receiving
+ * server). The domain: lower-cased, Unicode form.
+ */
 export function normaliseEmail(value: string): string {
   const at = value.lastIndexOf('@')
-  return `${value.slice(0, at).normalize('NFC')}@${domainToUnicode(domainToASCII(value.slice(at + 1)))}`
+  let local = value.slice(0, at).normalize('NFC')
+  if (local.length >= 2 && local.startsWith('"') && local.endsWith('"')) {
+    const content = local.slice(1, -1).replace(/\\(.)/gu, '$1')
+    local = DOT_ATOM.test(content) ? content : `"${content.replace(/(["\\])/g, '\\$1')}"`
+  }
+  return `${local}@${domainToUnicode(domainToASCII(value.slice(at + 1)))}`
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   startupLine,
   startupLogger,
 } from './logging.js'
+import { describeMailMode } from './mail/mailer.js'
 import { preloadCommonPasswords } from './security/policy.js'
 
 /**
@@ -81,8 +82,11 @@ try {
   failBoot(err, config)
 }
 // What runs and where, whatever LOG_LEVEL says (but silent): the real port when PORT=0.
-const startup = startupLine(config, { version: packageVersion(), url: listenUrl(app.server.address()) })
+const metrics = app.metricsAddress ? `http://${app.metricsAddress.host}:${app.metricsAddress.port}/metrics` : null
+const startup = startupLine(config, { version: packageVersion(), url: listenUrl(app.server.address()), metrics })
 startupLogger(app.log, config)?.info(startup.fields, startup.msg)
+// Mail off (production without SMTP_URL) disables features: said at warn, which production logs.
+if (config.mail.mode === 'off') app.log.warn(describeMailMode(config.mail))
 // The warnings after it, so that a terminal's first lines show where the API and its docs are.
 if (config.jwt.keys.ephemeral) {
   app.log.warn(

@@ -5,6 +5,7 @@
 // and the lookup happening after the answer), the limits, an SMTP server that fails, production
 // without SMTP_URL, one address per account, and the whole flow once on PostgreSQL.
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -694,6 +695,41 @@ describe('e-mail change', () => {
     expect((await getMe(h.app, `Bearer ${access_token}`)).json()).toMatchObject({ email: account.email })
   })
 
+  it('refuses a reset link sent to the old address once the address has changed', async () => {
+    const h = await recoveryApp()
+    const account = await newAccount(h.app)
+    const oldLink = await resetToken(h.app, account)
+    const { access_token } = await login(h.app, account.username)
+    const next = uniqueEmail('moved')
+    await authed(h.app, 'POST', '/users/me/email', access_token, { password: TEST_PASSWORD, new_email: next })
+    expect((await verifyEmail(h.app, tokenIn(await nextMail(next, VERIFY)))).statusCode).toBe(204)
+
+    const res = await resetPassword(h.app, oldLink)
+    expect(res.statusCode).toBe(400)
+    expect(res.json()).toEqual(INVALID_TOKEN)
+    expect((await postToken(h.app, { username: account.username, password: NEW_PASSWORD })).json()).toEqual(
+      INVALID_GRANT,
+    )
+    expect((await postToken(h.app, { username: account.username, password: TEST_PASSWORD })).statusCode).toBe(200)
+  })
+
+  it('sends at most RECOVERY_MAX_PER_ACCOUNT change links to one address, whichever accounts ask', async () => {
+    const h = await recoveryApp({ RECOVERY_MAX_PER_ACCOUNT: '2' })
+    const target = uniqueEmail('target')
+    for (let i = 0; i < 3; i++) {
+      const account = await newAccount(h.app)
+      const { access_token } = await login(h.app, account.username)
+      const res = await authed(h.app, 'POST', '/users/me/email', access_token, {
+        password: TEST_PASSWORD,
+        new_email: target,
+      })
+      expect(res.statusCode).toBe(202)
+    }
+    await vi.waitFor(() => expect(mailsTo(target, VERIFY)).toHaveLength(2))
+    await sleep(300)
+    expect(mailsTo(target, VERIFY)).toHaveLength(2)
+  })
+
   it('voids a pending change when the password is reset (the owner taking the account back)', async () => {
     const h = await recoveryApp()
     const account = await newAccount(h.app)
@@ -718,6 +754,23 @@ describe('one account per e-mail address', () => {
       const res = await register(h.app, { username: uniqueUsername(), email, password: TEST_PASSWORD })
       expect(res.statusCode, email).toBe(409)
       expect(res.json()).toEqual(EMAIL_TAKEN)
+    }
+  })
+
+  it('answers 409 for the same mailbox spelt with needless quotes, and refuses a trailing IDNA dot and control characters', async () => {
+    const h = await recoveryApp()
+    const account = await newAccount(h.app)
+    const [local, domain] = account.email.split('@')
+    const quoted = await register(h.app, {
+      username: uniqueUsername(),
+      email: `"${local}"@${domain}`,
+      password: TEST_PASSWORD,
+    })
+    expect(quoted.statusCode).toBe(409)
+    expect(quoted.json()).toEqual(EMAIL_TAKEN)
+    for (const email of [`${account.email}\u3002`, `"x\r\nBcc: a@evil.example"@${domain}`]) {
+      const res = await register(h.app, { username: uniqueUsername(), email, password: TEST_PASSWORD })
+      expect(res.statusCode, email).toBe(422)
     }
   })
 
@@ -762,6 +815,23 @@ describe('REQUIRE_VERIFIED_EMAIL', () => {
     await login(h.app, username)
     // The first admin, created without an address, is exempt.
     await login(h.app, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)
+  })
+
+  it('refuses a refresh for an unverified account and ends its session (a session from before the rule, or from an admin role since removed)', async () => {
+    const h = await recoveryApp({ REQUIRE_VERIFIED_EMAIL: 'true', ...ADMIN })
+    const account = await newAccount(h.app)
+    const admin = await login(h.app, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)
+    const promote = (roles: string[]) => authed(h.app, 'PATCH', `/users/${account.id}`, admin.access_token, { roles })
+    expect((await promote(['user', 'admin'])).statusCode).toBe(200)
+    const session = await login(h.app, account.username)
+    expect((await promote(['user'])).statusCode).toBe(200)
+
+    const res = await refresh(h.app, session.refresh_token)
+    expect(res.statusCode).toBe(400)
+    expect(res.json()).toEqual(oauthError('invalid_grant', 'Email address not verified'))
+    expect((await refresh(h.app, session.refresh_token)).json()).toEqual(
+      oauthError('invalid_grant', 'Invalid refresh token'),
+    )
   })
 
   it('lets an account whose link expired in through a password reset, which proves the address', async () => {

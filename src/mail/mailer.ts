@@ -11,7 +11,7 @@
 //   mode (no SMTP_URL there means `off`).
 // - off (production, no SMTP_URL): nothing is sent; the flows that need mail are disabled.
 import type { FastifyBaseLogger } from 'fastify'
-import nodemailer, { type Transporter } from 'nodemailer'
+import type { Transporter } from 'nodemailer'
 import type { MailConfig } from '../config.js'
 import { type MailMessage, maskAddress } from './messages.js'
 
@@ -42,7 +42,11 @@ export class Mailer {
   readonly #config: MailConfig
   readonly #log: FastifyBaseLogger
   readonly #queueMax: number
-  readonly #transport: Transporter | undefined
+  /**
+   * The SMTP transport, made on the first delivery: nodemailer is imported only then (about 80 ms
+   * of module loading that a server with mail off, or one that has sent nothing yet, never pays).
+   */
+  #transport: Promise<Transporter> | undefined
   /** Jobs waiting for a delivery slot, oldest first. */
   readonly #ready: Job[] = []
   /** Jobs waiting out a back-off, by their timer. */
@@ -57,11 +61,15 @@ export class Mailer {
     this.#config = config
     this.#log = log
     this.#queueMax = options.queueMax ?? MAIL_QUEUE_MAX
-    if (config.mode === 'smtp') {
-      // One transport, one connection per message: account mail is a trickle, and a connection that
-      // is not kept open cannot go stale between messages. nodemailer upgrades an smtp:// connection
-      // with STARTTLS whenever the server offers it; smtps:// is TLS from the first byte.
-      this.#transport = nodemailer.createTransport(
+  }
+
+  #transportOnce(): Promise<Transporter> {
+    const config = this.#config
+    // One transport, one connection per message: account mail is a trickle, and a connection that
+    // is not kept open cannot go stale between messages. nodemailer upgrades an smtp:// connection
+    // with STARTTLS whenever the server offers it; smtps:// is TLS from the first byte.
+    this.#transport ??= import('nodemailer').then(({ default: nodemailer }) => {
+      const transport = nodemailer.createTransport(
         {
           url: config.smtpUrl,
           connectionTimeout: config.timeoutMs,
@@ -77,10 +85,10 @@ export class Mailer {
       )
       // nodemailer raises transport-level errors as events (none expected with password logins);
       // one without a listener would crash the process.
-      this.#transport.on('error', (err: Error) =>
-        this.#log.warn({ reason: scrub(err.message) }, 'mail transport error'),
-      )
-    }
+      transport.on('error', (err: Error) => this.#log.warn({ reason: scrub(err.message) }, 'mail transport error'))
+      return transport
+    })
+    return this.#transport
   }
 
   /** Messages not yet delivered: waiting, backing off or in flight. */
@@ -150,7 +158,7 @@ export class Mailer {
       }),
     ])
     clearTimeout(timer)
-    this.#transport?.close()
+    await this.#transport?.then((transport) => transport.close()).catch(() => {})
   }
 
   #pump(): void {
@@ -162,12 +170,11 @@ export class Mailer {
   }
 
   #deliver(job: Job): void {
-    const transport = this.#transport as Transporter
     const { to, subject, text, html } = job.message
     const controller = new AbortController()
     job.attempts += 1
-    const delivery: Promise<void> = transport
-      .sendMail({ to, subject, text, html, signal: controller.signal })
+    const delivery: Promise<void> = this.#transportOnce()
+      .then((transport) => transport.sendMail({ to, subject, text, html, signal: controller.signal }))
       .then(
         () => this.#delivered(job),
         (err: unknown) => this.#failed(job, err),

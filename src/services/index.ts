@@ -66,7 +66,14 @@ export function createServices(
   // Started now, awaited on the first failed login: off the path to the first request.
   hasher.dummyHash().catch(() => {})
   const tokens = new TokenService(config.jwt, { counts: metrics.tokens })
-  const sessions = new SessionService(stores.sessions, stores.users, stores.denylist, config.jwt, tokens)
+  const sessions = new SessionService(
+    stores.sessions,
+    stores.users,
+    stores.denylist,
+    config.jwt,
+    tokens,
+    config.recovery.requireVerifiedEmail,
+  )
   const throttle = new LoginThrottle(stores.counters, config.throttle)
   const users = new UserService(
     stores.users,

@@ -72,8 +72,8 @@ export interface RecoveryDeps {
   now: () => number
 }
 
-/** Per-account limits, one counter per kind of message with a link. */
-type LimitKind = 'reset' | 'verify'
+/** Per-account limits, one counter per kind of message with a link; `recipient` counts per address. */
+type LimitKind = 'reset' | 'verify' | 'recipient'
 
 export class RecoveryService {
   readonly #d: RecoveryDeps
@@ -149,9 +149,16 @@ export class RecoveryService {
    */
   async resetPassword(token: string, newPassword: string, context: RequestContext): Promise<void> {
     const { record, user } = await this.#check(token, 'password_reset', 'password_reset', context)
+    // A link sent to an address the account has since left proves control of nothing the account
+    // still trusts: whoever reads the old mailbox must not be able to take the account over.
+    if (user.email === null || emailKey(user.email) !== emailKey(record.email)) {
+      await this.#d.throttle.tokenFailed(context.ip)
+      this.#audit('password_reset', 'invalid_token', context, { userId: user.id })
+      throw new InvalidOneTimeTokenError()
+    }
     try {
       await this.#d.accounts.resetPassword(user, newPassword, {
-        verifiesEmail: user.email !== null && emailKey(user.email) === emailKey(record.email),
+        verifiesEmail: true,
         redeem: async () => {
           if (!(await this.#d.tokens.consume(record.hash, 'password_reset', this.#date())))
             throw new InvalidOneTimeTokenError()
@@ -253,6 +260,9 @@ export class RecoveryService {
     }
     if (!(await this.#withinAccountLimit('verify', user.id)))
       return this.#audit('email_change_request', 'account_limited', context, fields)
+    // Per recipient too: accounts are free to make, the mailbox a message lands in is not ours.
+    if (!(await this.#withinAccountLimit('recipient', emailKey(newEmail))))
+      return this.#audit('email_change_request', 'recipient_limited', context, fields)
     await this.#sendVerification(user, newEmail)
     this.#audit('email_change_request', 'sent', context, fields)
   }
@@ -357,10 +367,13 @@ export class RecoveryService {
     )
   }
 
-  /** Counts one message of `kind` for the account; false once it is past RECOVERY_MAX_PER_ACCOUNT in the window. */
-  async #withinAccountLimit(kind: LimitKind, userId: string): Promise<boolean> {
+  /**
+   * Counts one message of `kind` for `key` (an account id, or for `recipient` an address's key);
+   * false once it is past RECOVERY_MAX_PER_ACCOUNT in the window.
+   */
+  async #withinAccountLimit(kind: LimitKind, key: string): Promise<boolean> {
     const { maxPerAccount, windowSeconds } = this.#d.config.recovery
-    const { value } = await this.#d.counters.incr(`recovery:${kind}:${userId}`, 1, windowSeconds * 1000)
+    const { value } = await this.#d.counters.incr(`recovery:${kind}:${key}`, 1, windowSeconds * 1000)
     return value <= maxPerAccount
   }
 

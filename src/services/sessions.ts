@@ -2,7 +2,7 @@
 // tokens and sessions (RFC 6749 §6 and §10.4, RFC 9700 §4.14, RFC 7009).
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { Config } from '../config.js'
-import { InvalidTokenError, OAuthError, ReuseDetectedError } from '../errors.js'
+import { emailNotVerified, InvalidTokenError, OAuthError, ReuseDetectedError } from '../errors.js'
 import type { AccessClaims, TokenService } from '../security/tokens.js'
 import type { DenyList, NewRefreshToken, RefreshTokenRecord, SessionStore } from '../store/sessions.js'
 import type { UserRecord, UserStore } from '../store/users.js'
@@ -35,6 +35,12 @@ export class SessionService {
     private readonly denylist: DenyList,
     private readonly jwt: Config['jwt'],
     private readonly tokens: TokenService,
+    /**
+     * REQUIRE_VERIFIED_EMAIL: a refresh, like a password grant, is refused to a non-admin account
+     * without a verified address (its session ends), so that turning the setting on, or a role
+     * change, cannot leave such an account a session that outlives the rule.
+     */
+    private readonly requireVerifiedEmail = false,
   ) {}
 
   /**
@@ -118,6 +124,10 @@ export class SessionService {
     if (!user || user.disabled) {
       await this.revokeSession(family.id)
       throw invalid()
+    }
+    if (this.requireVerifiedEmail && !user.emailVerified && !user.roles.includes('admin')) {
+      await this.revokeSession(family.id)
+      throw emailNotVerified()
     }
     // The scope can only shrink: what the family was granted, within what the roles allow today.
     const scope = refreshScope(family.scope, user.roles, requestedScope)
