@@ -35,56 +35,55 @@ export interface LinkMessageInput {
 
 /** A password-reset message: the link and how long it works. */
 export function passwordResetMessage({ to, username, link, ttlMinutes }: LinkMessageInput): MailMessage {
-  const validity = `This link works for ${duration(ttlMinutes)} and only once.`
-  const ignore = 'If you did not ask for this, ignore this message: your password stays as it is.'
-  return {
+  return linkMessage({
     kind: 'password_reset',
     to,
-    subject: 'Reset your password',
+    username,
     link,
-    text: lines(
-      `Hello ${username},`,
-      '',
+    subject: 'Reset your password',
+    intro:
       'Someone (we hope you) asked to reset the password of your account. To choose a new password, open this link:',
-      '',
-      link,
-      '',
-      validity,
-      ignore,
-    ),
-    html: page(
-      `<p>Hello ${escapeHtml(username)},</p>`,
-      '<p>Someone (we hope you) asked to reset the password of your account. To choose a new password, open this link:</p>',
-      linkParagraph(link, 'Reset your password'),
-      `<p>${escapeHtml(validity)}<br>${escapeHtml(ignore)}</p>`,
-    ),
-  }
+    validity: `This link works for ${duration(ttlMinutes)} and only once.`,
+    ignore: 'If you did not ask for this, ignore this message: your password stays as it is.',
+  })
 }
 
 /** An e-mail verification message, sent to the address being verified: the link and its lifetime. */
 export function emailVerificationMessage({ to, username, link, ttlMinutes }: LinkMessageInput): MailMessage {
-  const validity = `This link works for ${duration(ttlMinutes)}.`
-  const ignore = 'If you did not add this address to an account, ignore this message.'
-  return {
+  return linkMessage({
     kind: 'email_verification',
     to,
-    subject: 'Verify your e-mail address',
+    username,
     link,
-    text: lines(
-      `Hello ${username},`,
-      '',
-      'To confirm that this address belongs to your account, open this link:',
-      '',
-      link,
-      '',
-      validity,
-      ignore,
-    ),
+    subject: 'Verify your e-mail address',
+    intro: 'To confirm that this address belongs to your account, open this link:',
+    validity: `This link works for ${duration(ttlMinutes)}.`,
+    ignore: 'If you did not add this address to an account, ignore this message.',
+  })
+}
+
+/** The shape both link messages share: a greeting, why, the link (a button in HTML), its lifetime, what to do if unasked. */
+function linkMessage(m: {
+  kind: MailMessage['kind']
+  to: string
+  username: string
+  link: string
+  subject: string
+  intro: string
+  validity: string
+  ignore: string
+}): MailMessage {
+  return {
+    kind: m.kind,
+    to: m.to,
+    subject: m.subject,
+    link: m.link,
+    text: lines(`Hello ${m.username},`, '', m.intro, '', m.link, '', m.validity, m.ignore),
     html: page(
-      `<p>Hello ${escapeHtml(username)},</p>`,
-      '<p>To confirm that this address belongs to your account, open this link:</p>',
-      linkParagraph(link, 'Verify your e-mail address'),
-      `<p>${escapeHtml(validity)}<br>${escapeHtml(ignore)}</p>`,
+      `<p>Hello ${escapeHtml(m.username)},</p>`,
+      `<p>${escapeHtml(m.intro)}</p>`,
+      linkParagraph(m.link, m.subject),
+      `<p>${escapeHtml(m.validity)}<br>${escapeHtml(m.ignore)}</p>`,
     ),
   }
 }
