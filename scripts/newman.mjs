@@ -1,14 +1,17 @@
 // Runs the Postman collection (postman/) with newman against a live server: `npm run postman`.
 //
 // With BASE_URL set, runs against that server. Otherwise starts the built server (dist/server.js:
-// run `npm run build` first) on a free port of 127.0.0.1 with cheap bcrypt and an admin account
-// (ADMIN_USERNAME/ADMIN_PASSWORD, a random password per run), waits for /healthz, runs the
-// collection with that account as its adminUsername/adminPassword, then stops the server with SIGTERM.
+// run `npm run build` first) on a free port of 127.0.0.1 with cheap bcrypt, an admin account
+// (ADMIN_USERNAME/ADMIN_PASSWORD, a random password per run) and an introspection client
+// (INTROSPECTION_CLIENTS=<id>:<secret>, a random hex secret per run), waits for /healthz, runs the
+// collection with that account as its adminUsername/adminPassword and that client as its
+// introspectionClientId/introspectionClientSecret, then stops the server with SIGTERM.
 // Against BASE_URL, the admin credentials come from ADMIN_USERNAME/ADMIN_PASSWORD in this process's
-// environment if both are set, else from the environment file; without them the collection skips
-// the requests that need the admin scope. Exits non-zero when the server does not start or stop
-// cleanly, or when any request, script or assertion fails. The server's output is kept and printed
-// only when something fails.
+// environment if both are set, else from the environment file, and the introspection client from
+// INTROSPECTION_CLIENT_ID/INTROSPECTION_CLIENT_SECRET likewise; without them the collection skips
+// the requests that need the admin scope, or the introspection client. Exits non-zero when the
+// server does not start or stop cleanly, or when any request, script or assertion fails. The
+// server's output is kept and printed only when something fails.
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { constants } from 'node:os'
@@ -27,6 +30,7 @@ const LOG_LINES_KEPT = 200
 /**
  * @typedef {import('../bench/lib/process.mjs').Child} Child
  * @typedef {{ username: string, password: string }} Admin
+ * @typedef {{ id: string, secret: string }} IntrospectionClient
  */
 
 /** The server this script started, if any. @type {Child | undefined} */
@@ -54,6 +58,14 @@ function makeAdmin() {
   }
 }
 
+/**
+ * The introspection client the started server accepts (INTROSPECTION_CLIENTS); fresh for every run.
+ * The secret is hex, so that HTTP Basic carries it unchanged (RFC 6749 §2.3.1 form-encodes it first).
+ */
+function makeIntrospectionClient() {
+  return { id: `pm-rs-${randomBytes(4).toString('hex')}`, secret: randomBytes(32).toString('hex') }
+}
+
 /** Admin credentials for a run against BASE_URL: ADMIN_USERNAME/ADMIN_PASSWORD if both are set. */
 function adminFromEnv() {
   const username = process.env.ADMIN_USERNAME?.trim()
@@ -61,14 +73,27 @@ function adminFromEnv() {
   return username && password ? { username, password } : undefined
 }
 
-/** True when the environment file fills in both adminUsername and adminPassword. */
-function environmentHasAdmin() {
+/**
+ * The introspection client for a run against BASE_URL: INTROSPECTION_CLIENT_ID/INTROSPECTION_CLIENT_SECRET
+ * if both are set (one entry of that server's INTROSPECTION_CLIENTS).
+ */
+function introspectionClientFromEnv() {
+  const id = process.env.INTROSPECTION_CLIENT_ID?.trim()
+  const secret = process.env.INTROSPECTION_CLIENT_SECRET
+  return id && secret ? { id, secret } : undefined
+}
+
+/**
+ * True when the environment file fills in every one of `keys`.
+ * @param {...string} keys
+ */
+function environmentHas(...keys) {
   try {
     /** @type {{ values: { key: string, value?: string, enabled?: boolean }[] }} */
     const { values } = JSON.parse(readFileSync(ENVIRONMENT, 'utf8'))
     /** @param {string} key */
     const filled = (key) => values.some((v) => v.key === key && v.enabled !== false && v.value)
-    return filled('adminUsername') && filled('adminPassword')
+    return keys.every(filled)
   } catch {
     return false
   }
@@ -78,8 +103,9 @@ function environmentHasAdmin() {
  * Starts dist/server.js on `port`, its output kept in serverOutput.
  * @param {number} port
  * @param {Admin} admin
+ * @param {IntrospectionClient} client
  */
-function startServer(port, admin) {
+function startServer(port, admin, client) {
   if (!existsSync(SERVER)) throw new Error('dist/server.js not found: run `npm run build` first')
   const child = spawnNode([SERVER], {
     cwd: ROOT,
@@ -94,6 +120,8 @@ function startServer(port, admin) {
       // The Admin folder logs in as this account (created at boot).
       ADMIN_USERNAME: admin.username,
       ADMIN_PASSWORD: admin.password,
+      // The introspection requests authenticate as this client (HTTP Basic).
+      INTROSPECTION_CLIENTS: `${client.id}:${client.secret}`,
     },
   })
   const output = captureOutput(child, { keep: LOG_LINES_KEPT, maxLineLength: Number.POSITIVE_INFINITY })
@@ -147,15 +175,23 @@ async function stopServer(child) {
 }
 
 /**
- * `admin`, when given, overrides the environment file's adminUsername/adminPassword.
+ * `admin`, when given, overrides the environment file's adminUsername/adminPassword, and `client`
+ * its introspectionClientId/introspectionClientSecret.
  * @param {string} baseUrl
  * @param {Admin | undefined} admin
+ * @param {IntrospectionClient | undefined} client
  * @returns {Promise<import('newman').Summary>}
  */
-function runNewman(baseUrl, admin) {
+function runNewman(baseUrl, admin, client) {
   const envVar = [{ key: 'baseUrl', value: baseUrl }]
   if (admin) {
     envVar.push({ key: 'adminUsername', value: admin.username }, { key: 'adminPassword', value: admin.password })
+  }
+  if (client) {
+    envVar.push(
+      { key: 'introspectionClientId', value: client.id },
+      { key: 'introspectionClientSecret', value: client.secret },
+    )
   }
   return new Promise((resolve, reject) => {
     newman.run(
@@ -196,21 +232,31 @@ async function main() {
   try {
     let baseUrl = process.env.BASE_URL?.trim().replace(/\/+$/, '')
     let admin
+    let client
     if (baseUrl) {
       log(`running against BASE_URL ${baseUrl}`)
       admin = adminFromEnv()
-      if (!admin && !environmentHasAdmin()) {
+      if (!admin && !environmentHas('adminUsername', 'adminPassword')) {
         log('no admin credentials (ADMIN_USERNAME/ADMIN_PASSWORD or the environment file): admin requests are skipped')
+      }
+      client = introspectionClientFromEnv()
+      if (!client && !environmentHas('introspectionClientId', 'introspectionClientSecret')) {
+        log(
+          'no introspection client (INTROSPECTION_CLIENT_ID/INTROSPECTION_CLIENT_SECRET or the environment file): introspection requests are skipped',
+        )
       }
     } else {
       const port = await freePort()
       baseUrl = `http://${HOST}:${port}`
       admin = makeAdmin()
-      server = startServer(port, admin)
-      log(`started dist/server.js (pid ${server.pid}) on ${baseUrl} with admin ${admin.username}`)
+      client = makeIntrospectionClient()
+      server = startServer(port, admin, client)
+      log(
+        `started dist/server.js (pid ${server.pid}) on ${baseUrl} with admin ${admin.username} and introspection client ${client.id}`,
+      )
     }
     await waitForHealthy(baseUrl, server)
-    ok = passed(await runNewman(baseUrl, admin))
+    ok = passed(await runNewman(baseUrl, admin, client))
   } catch (err) {
     log(`error: ${/** @type {Error} */ (err).message}`)
   } finally {

@@ -15,7 +15,14 @@ const out = resolve(ROOT, process.argv[2] ?? 'coverage/openapi.json')
 const fromDist = (file) => import(new URL(`../dist/${file}`, import.meta.url).href)
 const [{ buildApp }, { loadConfig }] = await Promise.all([fromDist('app.js'), fromDist('config.js')])
 
-const config = loadConfig({ NODE_ENV: 'development', DOCS_ENABLED: 'true', STORE: 'memory', AUDIT_LOG: 'false' })
+// INTROSPECTION_CLIENTS (a placeholder): POST /introspect exists only with it, and must be documented.
+const config = loadConfig({
+  NODE_ENV: 'development',
+  DOCS_ENABLED: 'true',
+  STORE: 'memory',
+  AUDIT_LOG: 'false',
+  INTROSPECTION_CLIENTS: 'openapi-document:placeholder-secret-never-used-anywhere',
+})
 const app = await buildApp(config)
 try {
   const res = await app.inject({ method: 'GET', url: '/openapi.json' })

@@ -21,9 +21,14 @@ import metricsPlugin from './plugins/metrics.js'
 import { accountRoutes } from './routes/account.js'
 import { adminRoutes } from './routes/admin.js'
 import { authRoutes } from './routes/auth.js'
+import { discoveryRoutes } from './routes/discovery.js'
+import { introspectionRoutes } from './routes/introspection.js'
 import { metaRoutes } from './routes/meta.js'
+import { mfaRoutes } from './routes/mfa.js'
+import { sessionRoutes } from './routes/sessions.js'
 import { userRoutes } from './routes/users.js'
 import { createServices, type ServiceOptions, type Services } from './services/index.js'
+import { createIntrospection } from './services/introspection.js'
 import { openStores, type Stores } from './store/index.js'
 
 export interface AppDeps extends Pick<ServiceOptions, 'clock'> {
@@ -31,7 +36,7 @@ export interface AppDeps extends Pick<ServiceOptions, 'clock'> {
    * Stores that replace the ones the configuration would open (tests: a failing store, or stores
    * shared by two apps). Each is closed with the app.
    */
-  stores?: Partial<Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters' | 'oneTimeTokens'>>
+  stores?: Partial<Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters' | 'oneTimeTokens' | 'mfa'>>
   /** Fastify's logger options (server.ts passes pino options); off when omitted. */
   logger?: FastifyServerOptions['logger']
   /** Where audit events go. Defaults to a pino logger on stdout when AUDIT_LOG is on. */
@@ -45,6 +50,8 @@ declare module 'fastify' {
     sessions: Services['sessions']
     tokens: Services['tokens']
     hasher: Services['hasher']
+    /** Undefined when MFA is off (no key to seal secrets with). */
+    mfa: Services['mfa']
     audit: FastifyBaseLogger
   }
 }
@@ -83,6 +90,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.decorate('sessions', services.sessions)
   app.decorate('tokens', services.tokens)
   app.decorate('hasher', services.hasher)
+  app.decorate('mfa', services.mfa)
   app.addHook('preClose', async () => services.users.stopBackgroundWork()) // as closing begins: see there
   app.addHook('onClose', async () => {
     await services.close()
@@ -123,8 +131,14 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(metaRoutes, { config, checks: opened.checks })
   await app.register(authRoutes, { config, metrics })
   await app.register(userRoutes)
+  await app.register(sessionRoutes)
   await app.register(adminRoutes)
   await app.register(accountRoutes, { config, recovery: services.recovery })
+  if (services.mfa) await app.register(mfaRoutes, { mfa: services.mfa })
+  // RFC 7662 only with INTROSPECTION_CLIENTS; RFC 8414 metadata (not registered in production without PUBLIC_URL).
+  const introspection = createIntrospection(config, services, stores)
+  if (introspection) await app.register(introspectionRoutes, { config, introspection })
+  await app.register(discoveryRoutes, { config })
   return app
 }
 

@@ -8,7 +8,7 @@ import proxyAddr from '@fastify/proxy-addr'
 import isEmailModule from 'validator/lib/isEmail.js'
 import { z } from 'zod'
 import { ConfigError, KeyConfigError } from './errors.js'
-import { type JwtAlgorithm, type KeyRing, loadKeyRing, secretStrengthProblem } from './keys.js'
+import { type JwtAlgorithm, type KeyRing, loadKeyRing, parseMfaKey, secretStrengthProblem } from './keys.js'
 
 /** The placeholder shipped in .env.example; production refuses it. */
 export const JWT_SECRET_PLACEHOLDER = 'change-me-to-a-random-secret-of-at-least-32-bytes'
@@ -117,6 +117,12 @@ const EnvSchema = z.object({
   RECOVERY_MAX_PER_ADDRESS: int(1, 1_000_000).default(20),
   RECOVERY_WINDOW_SECONDS: int(60, 7 * 86_400).default(3600),
   REQUIRE_VERIFIED_EMAIL: bool().default(false),
+  // Not through text(): a key is never trimmed, and its value is never echoed in an error.
+  MFA_ENCRYPTION_KEY: z.preprocess(unsetIfEmpty, z.string().optional()),
+  MFA_ISSUER: text(64).optional(),
+  // Not through text(): it holds secrets, which are never trimmed and never echoed in an error.
+  INTROSPECTION_CLIENTS: z.preprocess(unsetIfEmpty, z.string().optional()),
+  INTROSPECTION_RATE_LIMIT_PER_MINUTE: int(1, 1_000_000).default(600),
 })
 
 export type Env = z.infer<typeof EnvSchema>
@@ -205,6 +211,47 @@ export interface Config {
   readonly mail: MailConfig
   /** Password reset, e-mail verification and e-mail change (services/recovery.ts). */
   readonly recovery: RecoveryConfig
+  /** The second factor (services/mfa.ts). */
+  readonly mfa: MfaConfig
+  /** Token introspection, RFC 7662 (services/introspection.ts): off while `clients` is empty. */
+  readonly introspection: IntrospectionConfig
+}
+
+/** The least length of an introspection client's secret in production (characters). */
+export const INTROSPECTION_SECRET_MIN_LENGTH = 32
+
+export interface IntrospectionConfig {
+  /**
+   * INTROSPECTION_CLIENTS: the resource servers allowed to call POST /introspect, each with the
+   * secret it authenticates with (HTTP Basic). Empty: introspection is off (no route at all).
+   */
+  readonly clients: readonly IntrospectionClient[]
+  /** INTROSPECTION_RATE_LIMIT_PER_MINUTE: requests per client per minute (429 past it). */
+  readonly perMinute: number
+}
+
+export interface IntrospectionClient {
+  /** 1 to 64 of A-Z a-z 0-9 . _ - (never secret: it is in logs and error lines). */
+  readonly id: string
+  /** Never logged, never echoed (logging.ts secretValues redacts it). */
+  readonly secret: string
+}
+
+export interface MfaConfig {
+  /**
+   * Where the key that seals TOTP secrets comes from: MFA_ENCRYPTION_KEY; or, without it, the HS256
+   * JWT secret (through HKDF with a label of its own); or nowhere (an asymmetric JWT algorithm and
+   * no MFA_ENCRYPTION_KEY), and then MFA is off: its routes answer 404 and /token knows no MFA grant.
+   */
+  readonly keySource: 'MFA_ENCRYPTION_KEY' | 'JWT_SECRET' | 'off'
+  /**
+   * The key material, hex, current first: MFA_ENCRYPTION_KEY alone, or the HS256 JWT secrets (the
+   * current one, then JWT_PREVIOUS_KEYS), so that secrets sealed before a JWT key rotation still
+   * open. Secret: never logged.
+   */
+  readonly keys: readonly string[]
+  /** The issuer shown in authenticator apps (MFA_ISSUER; default AUTH_REALM). */
+  readonly issuer: string
 }
 
 export interface RecoveryConfig {
@@ -249,6 +296,11 @@ export interface MailConfig {
   readonly from: string
   /** PUBLIC_URL without a trailing slash: the base of the links in messages. */
   readonly publicUrl: string
+  /**
+   * True when PUBLIC_URL was set (and valid); false when publicUrl is DEFAULT_PUBLIC_URL. What
+   * builds absolute URLs for clients other than mail (discovery) needs to tell the two apart.
+   */
+  readonly publicUrlSet: boolean
   /** The password-reset link carrying `token` (PASSWORD_RESET_URL, `{token}` URL-encoded). */
   readonly resetUrl: (token: string) => string
   /** The e-mail verification link carrying `token` (EMAIL_VERIFY_URL, `{token}` URL-encoded). */
@@ -346,6 +398,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (e.REQUIRE_VERIFIED_EMAIL && mail.mode === 'off')
     problems.push('REQUIRE_VERIFIED_EMAIL: needs mail; set SMTP_URL (without it no address can be verified)')
 
+  const mfa = mfaConfig(e, keys, problems)
+  const introspectionClients = parseIntrospectionClients(e.INTROSPECTION_CLIENTS, production, problems)
+
   if (problems.length > 0 || !keys) throw new ConfigError(problems)
   return deepFreeze({
     env: e.NODE_ENV,
@@ -411,7 +466,69 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       windowSeconds: e.RECOVERY_WINDOW_SECONDS,
       requireVerifiedEmail: e.REQUIRE_VERIFIED_EMAIL,
     },
+    mfa,
+    introspection: { clients: introspectionClients, perMinute: e.INTROSPECTION_RATE_LIMIT_PER_MINUTE },
   } satisfies Config)
+}
+
+/**
+ * INTROSPECTION_CLIENTS: comma-separated `client_id:secret` entries (spaces around an entry are
+ * dropped; an empty entry is skipped). The id is 1 to 64 of A-Z a-z 0-9 . _ - (so it never holds a
+ * `:`); the secret is the rest after the first `:`. Every problem is pushed naming the variable and
+ * the entry's position or the client id, never a secret: an entry without a valid id is named by its
+ * position only, since what stands where the id should be may well be a secret pasted alone. A
+ * malformed entry or a repeated id is refused in every mode (which secret would count?); a secret
+ * shorter than INTROSPECTION_SECRET_MIN_LENGTH characters only in production, so that development
+ * can use a short one.
+ */
+function parseIntrospectionClients(
+  value: string | undefined,
+  production: boolean,
+  problems: string[],
+): IntrospectionClient[] {
+  const clients: IntrospectionClient[] = []
+  const entries = (value ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  entries.forEach((entry, i) => {
+    const colon = entry.indexOf(':')
+    const id = colon === -1 ? '' : entry.slice(0, colon)
+    const secret = colon === -1 ? '' : entry.slice(colon + 1)
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id) || secret === '') {
+      problems.push(
+        `INTROSPECTION_CLIENTS: entry ${i + 1} must be client_id:secret (the id 1 to 64 of A-Z a-z 0-9 . _ -, then a secret)`,
+      )
+      return
+    }
+    if (clients.some((c) => c.id === id)) {
+      problems.push(`INTROSPECTION_CLIENTS: client id "${id}" is listed more than once`)
+      return
+    }
+    // Code points, as a person counts them; the secret is compared as a digest, whatever its length.
+    if (production && [...secret].length < INTROSPECTION_SECRET_MIN_LENGTH)
+      problems.push(
+        `INTROSPECTION_CLIENTS: the secret of client "${id}" must be at least ${INTROSPECTION_SECRET_MIN_LENGTH} characters in production`,
+      )
+    clients.push({ id, secret })
+  })
+  return clients
+}
+
+function mfaConfig(e: Env, keys: KeyRing | undefined, problems: string[]): MfaConfig {
+  const issuer = e.MFA_ISSUER ?? e.AUTH_REALM
+  if (e.MFA_ENCRYPTION_KEY !== undefined) {
+    const key = parseMfaKey(e.MFA_ENCRYPTION_KEY)
+    if (!key) problems.push('MFA_ENCRYPTION_KEY: must be 32 bytes, as 64 hex digits or base64')
+    return { keySource: 'MFA_ENCRYPTION_KEY', keys: key ? [key.toString('hex')] : [], issuer }
+  }
+  const secrets = keys ? [keys.current, ...keys.previous].filter((k) => k.alg === 'HS256') : []
+  if (keys?.current.alg !== 'HS256') return { keySource: 'off', keys: [], issuer }
+  return {
+    keySource: 'JWT_SECRET',
+    keys: secrets.map((k) => Buffer.from(k.verifyKey, 'utf8').toString('hex')),
+    issuer,
+  }
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
@@ -504,13 +621,17 @@ function mailConfig(e: Env, production: boolean, problems: string[]): MailConfig
     problems.push('MAIL_FROM: must be an e-mail address, name@domain or Name <name@domain>')
 
   let publicUrl = DEFAULT_PUBLIC_URL
+  let publicUrlSet = false
   if (e.PUBLIC_URL !== undefined) {
     const parsed = parsePublicUrl(e.PUBLIC_URL)
     if (parsed === null)
       problems.push('PUBLIC_URL: must be an http:// or https:// URL without credentials, query or fragment')
     else if (production && mode === 'smtp' && !parsed.startsWith('https:'))
       problems.push('PUBLIC_URL: must be an https:// URL in production (links in messages carry tokens)')
-    else publicUrl = parsed
+    else {
+      publicUrl = parsed
+      publicUrlSet = true
+    }
   } else if (production && mode === 'smtp') {
     problems.push('PUBLIC_URL: is required in production when SMTP_URL is set (the base of links in messages)')
   }
@@ -533,6 +654,7 @@ function mailConfig(e: Env, production: boolean, problems: string[]): MailConfig
     smtpUrl: e.SMTP_URL,
     from: e.MAIL_FROM,
     publicUrl,
+    publicUrlSet,
     resetUrl: template('PASSWORD_RESET_URL'),
     verifyUrl: template('EMAIL_VERIFY_URL'),
     retries: e.MAIL_RETRIES,

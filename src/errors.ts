@@ -13,15 +13,19 @@ export const ERROR_STATUS = {
   PASSWORD_INCORRECT: 400,
   ONE_TIME_TOKEN_INVALID: 400,
   EMAIL_REQUEST_INVALID: 400,
+  MFA_CODE_INVALID: 400,
   TOKEN_MISSING: 401,
   TOKEN_INVALID: 401,
+  CLIENT_INVALID: 401,
   INSUFFICIENT_SCOPE: 403,
+  MFA_REQUIRED: 403,
   NOT_FOUND: 404,
   ROUTE_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   USERNAME_TAKEN: 409,
   EMAIL_TAKEN: 409,
   LAST_ADMIN: 409,
+  MFA_STATE_CONFLICT: 409,
   BODY_TOO_LARGE: 413,
   URI_TOO_LONG: 414,
   UNSUPPORTED_MEDIA_TYPE: 415,
@@ -45,6 +49,8 @@ export type OAuthErrorCode =
   | 'temporarily_unavailable'
   | 'unsupported_token_type'
   | 'server_error'
+  | 'mfa_required'
+  | 'invalid_client'
 
 export interface FieldError {
   /** The field's path, dot-separated ('' for the body itself). */
@@ -146,6 +152,38 @@ export class EmailRequestError extends ApiError {
   }
 }
 
+/**
+ * The password grant of an account with a second factor: the password was right, and a code is
+ * needed (403 `mfa_required`, the shape Auth0 answers a password grant with MFA with, so that
+ * clients written for it work unchanged). The one /token error with a fourth key, `mfa_token`: the
+ * token of the second step (services/mfa.ts). Only ever after the password was found right.
+ */
+export class MfaRequiredError extends ApiError {
+  constructor(readonly mfaToken: string) {
+    super('MFA_REQUIRED', 'Multi-factor authentication required', {}, 'mfa_required')
+  }
+}
+
+/**
+ * A second-factor code (TOTP or recovery code) that is wrong, already used or malformed, given to
+ * confirm an MFA change (400). At /token a wrong code is `invalid_grant` instead.
+ */
+export class InvalidMfaCodeError extends ApiError {
+  constructor(detail = 'Invalid code') {
+    super('MFA_CODE_INVALID', detail)
+  }
+}
+
+/**
+ * An MFA change that the account's MFA state does not allow (409): enrolling while MFA is active,
+ * confirming with no enrolment pending, changing or disabling MFA that is not active.
+ */
+export class MfaStateError extends ApiError {
+  constructor(detail: string) {
+    super('MFA_STATE_CONFLICT', detail)
+  }
+}
+
 /** The current password given to confirm a change (password change, deletion) is wrong (400, not 401). */
 export class PasswordIncorrectError extends ApiError {
   constructor() {
@@ -167,6 +205,19 @@ export class MissingTokenError extends ApiError {
 export class InvalidTokenError extends ApiError {
   constructor() {
     super('TOKEN_INVALID', 'Could not validate credentials')
+  }
+}
+
+/**
+ * RFC 6749 §5.2 invalid_client (401): the client of an endpoint that authenticates clients (POST
+ * /introspect) sent no credentials, credentials we cannot read, or ones we do not know. It carries
+ * the HTTP Basic challenge of the scheme the client authenticates with (RFC 7617 §2), which §5.2
+ * requires whenever the client tried the Authorization header. One detail for an unknown id and a
+ * wrong secret alike: which one it was would only help someone guessing.
+ */
+export class InvalidClientError extends ApiError {
+  constructor(realm: string, detail = 'Client authentication failed') {
+    super('CLIENT_INVALID', detail, { 'www-authenticate': `Basic realm="${realm}"` }, 'invalid_client')
   }
 }
 

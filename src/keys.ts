@@ -226,3 +226,17 @@ export function loadKeyRing(o: KeyRingOptions): KeyRing {
 export function publicJwks(ring: KeyRing): { keys: PublicJwk[] } {
   return { keys: [ring.current, ...ring.previous].flatMap((k) => (k.jwk ? [k.jwk] : [])) }
 }
+
+/**
+ * MFA_ENCRYPTION_KEY as 32 bytes: 64 hex digits, or base64 / base64url (padding optional).
+ * Undefined for anything else.
+ */
+export function parseMfaKey(value: string): Buffer | undefined {
+  if (/^[0-9a-fA-F]{64}$/.test(value)) return Buffer.from(value, 'hex')
+  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(value)) {
+    const key = Buffer.from(value.replace(/=$/, ''), 'base64url')
+    // Buffer's decoder accepts both alphabets; a string mixing them is no one's key.
+    if (key.length === 32 && !(/[+/]/.test(value) && /[-_]/.test(value))) return key
+  }
+  return undefined
+}

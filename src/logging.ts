@@ -90,7 +90,7 @@ export function listenUrl(address: AddressInfo | string | null): string {
  * through addressOf.
  */
 export function startupLine(
-  config: Pick<Config, 'env' | 'storage' | 'jwt' | 'docsEnabled' | 'mail'>,
+  config: Pick<Config, 'env' | 'storage' | 'jwt' | 'docsEnabled' | 'mail' | 'mfa'>,
   { version, url, metrics }: { version: string; url: string; metrics?: string | null },
 ): { fields: Record<string, unknown>; msg: string } {
   const { storage, jwt } = config
@@ -109,6 +109,9 @@ export function startupLine(
       docs,
       mail: config.mail.mode === 'smtp' ? `smtp ${addressOf(config.mail.smtpUrl as string)}` : config.mail.mode,
       metrics: metrics ?? 'off',
+      // Where the key sealing TOTP secrets comes from; `off`: no MFA (an asymmetric JWT algorithm
+      // and no MFA_ENCRYPTION_KEY).
+      mfa: config.mfa.keySource === 'off' ? 'off (no MFA_ENCRYPTION_KEY)' : `on (key from ${config.mfa.keySource})`,
     },
   }
 }
@@ -123,12 +126,12 @@ export function startupLogger(log: FastifyBaseLogger, config: Pick<Config, 'logL
 }
 
 /**
- * The secret values among these variables, for redact(): JWT_SECRET, ADMIN_PASSWORD, the
- * passwords of DATABASE_URL, REDIS_URL and SMTP_URL, and the HS256 secrets of JWT_PREVIOUS_KEYS.
- * Values shorter than 4 characters are left out: replacing them would garble the text, not hide much.
+ * The secret values among these variables, for redact(): JWT_SECRET, ADMIN_PASSWORD, MFA_ENCRYPTION_KEY, the
+ * passwords of DATABASE_URL, REDIS_URL and SMTP_URL, the HS256 secrets of JWT_PREVIOUS_KEYS, and the client
+ * secrets of INTROSPECTION_CLIENTS. Values shorter than 4 characters are left out: replacing them would garble the text, not hide much.
  */
 export function secretValues(env: Record<string, string | undefined>): string[] {
-  const values = [env.JWT_SECRET, env.ADMIN_PASSWORD]
+  const values = [env.JWT_SECRET, env.ADMIN_PASSWORD, env.MFA_ENCRYPTION_KEY]
   for (const name of ['DATABASE_URL', 'REDIS_URL', 'SMTP_URL']) {
     try {
       const password = new URL(env[name] ?? '').password
@@ -139,6 +142,13 @@ export function secretValues(env: Record<string, string | undefined>): string[] 
   }
   for (const entry of (env.JWT_PREVIOUS_KEYS ?? '').split(',')) {
     if (!/^\s*[/.]/.test(entry)) values.push(entry.trim())
+  }
+  // client_id:secret entries: the secret is what follows the first ':'. An entry without one may be
+  // a secret pasted alone, so it counts as one whole.
+  for (const entry of (env.INTROSPECTION_CLIENTS ?? '').split(',')) {
+    const trimmed = entry.trim()
+    const colon = trimmed.indexOf(':')
+    values.push(colon === -1 ? trimmed : trimmed.slice(colon + 1))
   }
   return [...new Set(values.filter((v): v is string => typeof v === 'string' && v.length >= 4))]
 }

@@ -17,7 +17,16 @@ import type * as PromClient from 'prom-client'
 export const METRIC_PREFIX = 'auth_'
 
 /** How a password grant ended (README, "Metrics"). */
-export const LOGIN_OUTCOMES = ['success', 'invalid', 'locked', 'throttled', 'shed', 'unavailable', 'error'] as const
+export const LOGIN_OUTCOMES = [
+  'success',
+  'mfa_required',
+  'invalid',
+  'locked',
+  'throttled',
+  'shed',
+  'unavailable',
+  'error',
+] as const
 export type LoginOutcome = (typeof LOGIN_OUTCOMES)[number]
 
 /** How a refresh_token grant ended. */

@@ -129,6 +129,7 @@ export const RoleName = z.enum(['user', 'admin'])
 export const UserAdminView = UserPublic.extend({
   roles: z.array(RoleName),
   disabled: z.boolean(),
+  mfa_enabled: z.boolean().describe('a second factor (TOTP) is active: password grants need a code'),
 })
 export type UserAdminView = z.infer<typeof UserAdminView>
 
@@ -205,7 +206,12 @@ export const EmailChangeBody = z.object({
  * schema runs (RFC 6749 §3.2: a parameter without a value is omitted).
  */
 export const TokenForm = z.object({
-  grant_type: z.string().optional().describe('`password` (the default when omitted) or `refresh_token`'),
+  grant_type: z
+    .string()
+    .optional()
+    .describe(
+      '`password` (the default when omitted), `refresh_token`, or (when MFA is on) the second step of a password grant: `http://auth0.com/oauth/grant-type/mfa-otp` or `http://auth0.com/oauth/grant-type/mfa-recovery-code`',
+    ),
   username: z.string().optional(),
   password: z.string().optional(),
   scope: z
@@ -215,6 +221,9 @@ export const TokenForm = z.object({
       'space-separated: `user`, `admin` (a set: repeats collapse); default: all your roles allow; at most 256 characters',
     ),
   refresh_token: z.string().optional().describe('for grant_type=refresh_token'),
+  mfa_token: z.string().optional().describe('for the MFA grants: the `mfa_token` of the 403 `mfa_required` answer'),
+  otp: z.string().optional().describe('for the mfa-otp grant: the 6-digit code of the authenticator app'),
+  recovery_code: z.string().optional().describe('for the mfa-recovery-code grant: one of the recovery codes'),
   client_id: z.string().optional().describe('accepted and ignored'),
   client_secret: z.string().optional().describe('accepted and ignored'),
 })
@@ -262,7 +271,68 @@ export const OAuthErrorBody = z.object({
   detail: z.string(),
 })
 
+/** The 403 of a right password of an account with MFA: the OAuth error body plus the token of the second step. */
+export const MfaRequiredBody = OAuthErrorBody.extend({
+  mfa_token: z
+    .string()
+    .describe('send it back to /token with a code (grant types mfa-otp, mfa-recovery-code); single use, 5 minutes'),
+})
+
+/** A TOTP code as typed into a form: six digits (spaces around are not trimmed). */
+const TotpCode = z.string().max(64).describe('the 6-digit code the authenticator app shows now')
+
+export const MfaEnrolBody = z.object({ password: z.string().max(1024).describe('the current password') })
+export const MfaConfirmBody = z.object({ code: TotpCode })
+export const MfaRegenerateBody = z.object({
+  password: z.string().max(1024).describe('the current password'),
+  code: TotpCode,
+})
+export const MfaDisableBody = z.object({
+  password: z.string().max(1024).describe('the current password'),
+  code: z.string().max(64).describe('a current 6-digit TOTP code, or one of the recovery codes (which it spends)'),
+})
+
+export const MfaEnrolment = z.object({
+  secret: z.string().describe('the TOTP secret, base32 (160 bits), for typing into an authenticator app'),
+  otpauth_uri: z
+    .string()
+    .describe('otpauth://totp/<issuer>:<username>?secret=…&issuer=…&algorithm=SHA1&digits=6&period=30'),
+  qr_svg: z.string().describe('the same URI as an SVG QR code, for scanning'),
+})
+export const RecoveryCodes = z.object({
+  recovery_codes: z
+    .array(z.string())
+    .describe('ten single-use codes, `xxxxx-xxxxx`; shown only this once: each logs in once without the app'),
+})
+export const MfaStatusBody = z.object({
+  totp: z.boolean().describe('MFA is active: password grants need a code'),
+  recovery_codes_left: z.number().int(),
+})
+
 /** 204 responses have no body. */
 export const NoContent = z.null().describe('No content')
 /** RFC 7009 §2.2: the body of a successful revocation carries nothing. */
 export const EmptyObject = z.object({})
+
+/** One of a user's live sessions (a login and the refreshes since): never a token. */
+export const SessionView = z.object({
+  id: z.string().describe('the session id (UUID): the `sid` claim of its access tokens'),
+  created_at: z.string().describe('ISO-8601 UTC timestamp of the login that started it'),
+  last_used_at: z.string().describe('ISO-8601 UTC timestamp of its latest login or refresh'),
+  expires_at: z
+    .string()
+    .describe('ISO-8601 UTC timestamp: it ends then unless refreshed before (never past its absolute lifetime)'),
+  user_agent: z
+    .string()
+    .nullable()
+    .describe('the User-Agent of its latest login or refresh, cut to 256 characters; null when none was sent'),
+  ip: z.string().nullable().describe('the client address of its latest login or refresh'),
+  current: z.boolean().describe('true for the session of the access token of this request'),
+})
+export type SessionView = z.infer<typeof SessionView>
+
+export const SessionList = z.object({
+  items: z.array(SessionView).describe('newest first'),
+})
+
+export const SessionIdParams = z.object({ id: z.uuid('must be a session id (UUID)') })

@@ -69,6 +69,7 @@ const adminView = (
   created_at: user.created_at,
   roles: ['user'],
   disabled: false,
+  mfa_enabled: false,
   ...changes,
 })
 
@@ -217,6 +218,7 @@ describe('GET /users', () => {
       created_at: expect.stringMatching(ISO_UTC_PATTERN),
       roles: ['user', 'admin'],
       disabled: false,
+      mfa_enabled: false,
     })
     expectNoSecrets(res)
   })

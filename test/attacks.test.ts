@@ -578,7 +578,7 @@ describe('mass assignment (ASVS 15.3.3): privileged fields at /register are igno
     const admin = await login(app, ADMIN.ADMIN_USERNAME, ADMIN.ADMIN_PASSWORD)
     const res = await authed(app, 'GET', `/users/${user.id}`, admin.access_token)
     expect(res.statusCode).toBe(200)
-    expect(res.json()).toEqual({ ...user, roles: ['user'], disabled: false })
+    expect(res.json()).toEqual({ ...user, roles: ['user'], disabled: false, mfa_enabled: false })
     expect((await authed(app, 'GET', `/users/${sentId}`, admin.access_token)).statusCode).toBe(404)
   })
 
@@ -799,7 +799,14 @@ describe('Content-Type tricks (Fastify CVE-2025-32442, CVE-2026-25223, CVE-2026-
 
   it.each(formTypes)('validates an unsupported grant_type sent as %j', async (contentType) => {
     const res = await tokenWith(contentType, 'grant_type=client_credentials&client_id=x')
-    expect415Or(res, 400, oauthError('unsupported_grant_type', 'grant_type must be password or refresh_token'))
+    expect415Or(
+      res,
+      400,
+      oauthError(
+        'unsupported_grant_type',
+        'grant_type must be password, refresh_token, http://auth0.com/oauth/grant-type/mfa-otp or http://auth0.com/oauth/grant-type/mfa-recovery-code',
+      ),
+    )
   })
 
   it.each(formTypes)('checks the password of a login sent as %j', async (contentType) => {

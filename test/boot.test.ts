@@ -333,6 +333,7 @@ describe('dist/server.js: the start-up line', () => {
       redis: 'off',
       jwt: { algorithm: 'HS256', kid: hmacKey(TEST_SECRET).kid, previousKids: [] },
       docs: `${startup.url}/docs`,
+      mfa: 'on (key from JWT_SECRET)',
     })
     expect(startup.url).not.toMatch(/:0$/)
     // The real port: the server answers there.
@@ -355,7 +356,10 @@ describe('dist/server.js: the start-up line', () => {
       env: 'production',
       docs: 'off',
       jwt: { algorithm: 'EdDSA', kid: jwks.keys[0].kid },
+      // No HS256 secret to derive a key from, and no MFA_ENCRYPTION_KEY.
+      mfa: 'off (no MFA_ENCRYPTION_KEY)',
     })
+    expect((await fetch(`${startup.url}/users/me/mfa`)).status).toBe(404)
     await vi.waitFor(() =>
       expect(records(started)).toContainEqual(
         expect.objectContaining({

@@ -400,3 +400,54 @@ describe('loadConfig: key files', () => {
     ])
   })
 })
+
+describe('loadConfig: the MFA key', () => {
+  const hex = randomBytes(32).toString('hex')
+
+  it('derives the key from the HS256 JWT secret by default, the previous HS256 secrets after it', () => {
+    const config = loadConfig({
+      JWT_SECRET: TEST_SECRET,
+      JWT_PREVIOUS_KEYS: 'gy4XUUQg-_YLKkPAGUyrn4sJwHf3UW1let_oMVwjaLc',
+    })
+    expect(config.mfa.keySource).toBe('JWT_SECRET')
+    expect(config.mfa.keys).toEqual([
+      Buffer.from(TEST_SECRET).toString('hex'),
+      Buffer.from('gy4XUUQg-_YLKkPAGUyrn4sJwHf3UW1let_oMVwjaLc').toString('hex'),
+    ])
+    expect(config.mfa.issuer).toBe('fastify-auth-api')
+  })
+
+  it('takes MFA_ENCRYPTION_KEY as 64 hex digits or as base64 / base64url of 32 bytes, alone', () => {
+    const key = Buffer.from(hex, 'hex')
+    for (const value of [hex, hex.toUpperCase(), key.toString('base64'), key.toString('base64url')]) {
+      const config = loadConfig({ JWT_SECRET: TEST_SECRET, MFA_ENCRYPTION_KEY: value })
+      expect(config.mfa.keySource).toBe('MFA_ENCRYPTION_KEY')
+      expect(config.mfa.keys).toEqual([hex])
+    }
+  })
+
+  it.each([
+    ['31 bytes of hex', randomBytes(31).toString('hex')],
+    ['33 bytes of base64', randomBytes(33).toString('base64')],
+    ['a passphrase', 'correct horse battery staple correct horse'],
+    ['hex with a space', ` ${randomBytes(32).toString('hex')}`],
+  ])('refuses an MFA_ENCRYPTION_KEY that is %s, naming the variable and not the value', (_, value) => {
+    const err = configError({ JWT_SECRET: TEST_SECRET, MFA_ENCRYPTION_KEY: value })
+    expect(err.problems).toEqual(['MFA_ENCRYPTION_KEY: must be 32 bytes, as 64 hex digits or base64'])
+    expect(err.message).not.toContain(value.trim())
+  })
+
+  it('turns MFA off with an asymmetric algorithm and no MFA_ENCRYPTION_KEY, and on with one', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'config-mfa-'))
+    const pair = generateKeyPairSync('ed25519')
+    const priv = join(dir, 'private.pem')
+    writeFileSync(priv, pair.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string)
+    const env = { JWT_ALGORITHM: 'EdDSA', JWT_PRIVATE_KEY_FILE: priv }
+    expect(loadConfig(env).mfa).toEqual({ keySource: 'off', keys: [], issuer: 'fastify-auth-api' })
+    expect(loadConfig({ ...env, MFA_ENCRYPTION_KEY: hex, MFA_ISSUER: 'Example Corp' }).mfa).toEqual({
+      keySource: 'MFA_ENCRYPTION_KEY',
+      keys: [hex],
+      issuer: 'Example Corp',
+    })
+  })
+})

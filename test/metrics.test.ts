@@ -143,6 +143,7 @@ describe('GET /metrics on the metrics listener', () => {
 
     expect(series(samples, 'auth_logins_total', ['outcome'])).toEqual({
       'outcome=success': 1,
+      'outcome=mfa_required': 0,
       'outcome=invalid': 3,
       'outcome=locked': 1,
       'outcome=throttled': 0,

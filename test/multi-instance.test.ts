@@ -278,7 +278,9 @@ describeWith(['postgres', 'redis'], 'two server processes sharing PostgreSQL and
       expect(list.status).toBe(200)
       const listed = await readJson(list)
       expect(listed.total).toBe(1)
-      expect(listed.items).toEqual([{ ...bodies[statuses.indexOf(201)], roles: ['user'], disabled: false }])
+      expect(listed.items).toEqual([
+        { ...bodies[statuses.indexOf(201)], roles: ['user'], disabled: false, mfa_enabled: false },
+      ])
       // Only the winner's password opens the one account, on either instance.
       expect((await tokenOn(b, { username: name, password: winner })).status).toBe(200)
       expect((await tokenOn(a, { username: name, password: loser })).status).toBe(400)

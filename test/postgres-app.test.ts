@@ -175,7 +175,7 @@ describeWith('postgres', 'the app on PostgreSQL (STORE=postgres)', () => {
     const target = registered[0] as PublicUser
     const read = await adminApp.inject({ method: 'GET', url: `/users/${target.id}`, headers: auth })
     expect(read.statusCode).toBe(200)
-    expect(read.json()).toEqual({ ...target, roles: ['user'], disabled: false })
+    expect(read.json()).toEqual({ ...target, roles: ['user'], disabled: false, mfa_enabled: false })
 
     const patch = await adminApp.inject({
       method: 'PATCH',

@@ -146,7 +146,9 @@ export async function createTestSchema({ migrated = true } = {}): Promise<TestSc
     url: url.toString(),
     newPool,
     async truncate() {
-      await pool.query('TRUNCATE users, refresh_families, refresh_tokens, revoked_tokens, one_time_tokens')
+      await pool.query(
+        'TRUNCATE users, refresh_families, refresh_tokens, revoked_tokens, one_time_tokens, mfa_totp, mfa_recovery_codes',
+      )
     },
     async drop() {
       await Promise.all(pools.map((p) => p.end().catch(() => {})))

@@ -12,9 +12,11 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { EmailTakenError, LastAdminError } from '../src/errors.js'
 import { CachedUserStore } from '../src/store/cache.js'
 import { type CounterStore, MemoryCounterStore } from '../src/store/counters.js'
+import { MemoryMfaStore, type MfaStore, type SealedSecret } from '../src/store/mfa.js'
 import { defaultMigrationsDir, migrate } from '../src/store/migrate.js'
 import {
   PostgresDenyList,
+  PostgresMfaStore,
   PostgresOneTimeTokenStore,
   PostgresSessionStore,
   PostgresUserStore,
@@ -399,16 +401,30 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
   const sessions = () => harness().sessions
   const inAnHour = () => new Date(Math.floor(Date.now() / 1000) * 1000 + 3_600_000)
   const token = () => ({ hash: randomUUID().replaceAll('-', ''), expiresAt: inAnHour() })
+  /** A request that got tokens, now (what the service records with each refresh). */
+  const used = (userAgent: string | null = 'agent/2', ip: string | null = '198.51.100.2') => ({
+    userAgent,
+    ip,
+    at: new Date(),
+  })
 
-  async function family(userId?: string, absoluteExpiresAt = inAnHour()) {
+  async function family(
+    userId?: string,
+    absoluteExpiresAt = inAnHour(),
+    overrides: { createdAt?: Date; first?: { hash: string; expiresAt: Date } } = {},
+  ) {
     const owner = userId ?? (await harness().addUser())
-    const first = token()
+    const first = overrides.first ?? token()
+    const createdAt = overrides.createdAt ?? new Date(Math.floor(Date.now() / 1000) * 1000)
     const fam = {
       id: randomUUID(),
       userId: owner,
       scope: 'user',
-      createdAt: new Date(Math.floor(Date.now() / 1000) * 1000),
+      createdAt,
       absoluteExpiresAt,
+      lastUsedAt: createdAt,
+      userAgent: 'agent/1',
+      ip: '192.0.2.1',
     }
     await sessions().createFamily(fam, first)
     return { fam, first }
@@ -434,7 +450,7 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
     const { fam, first } = await family()
     const second = token()
     const before = Date.now()
-    expect(await sessions().rotate(fam.id, first.hash, second)).toBe(true)
+    expect(await sessions().rotate(fam.id, first.hash, second, used())).toBe(true)
     const rotated = (await sessions().findToken(first.hash))?.token
     expect(rotated).toMatchObject({ rotated: true, graceUsed: false })
     // rotatedAt: when rotate() ran, on this process's clock (the one the grace is measured by).
@@ -448,15 +464,15 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       rotatedAt: null,
       graceUsed: false,
     })
-    expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
-    expect(await sessions().rotate(fam.id, second.hash, token())).toBe(true)
+    expect(await sessions().rotate(fam.id, first.hash, token(), used())).toBe(false)
+    expect(await sessions().rotate(fam.id, second.hash, token(), used())).toBe(true)
   })
 
   it('lets exactly one of two concurrent rotations of the same token win', async () => {
     const { fam, first } = await family()
     const results = await Promise.all([
-      sessions().rotate(fam.id, first.hash, token()),
-      sessions().rotate(fam.id, first.hash, token()),
+      sessions().rotate(fam.id, first.hash, token(), used()),
+      sessions().rotate(fam.id, first.hash, token(), used()),
     ])
     expect(results.filter(Boolean)).toHaveLength(1)
   })
@@ -464,9 +480,9 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
   it('refuses to rotate an unknown token or one of another family', async () => {
     const a = await family()
     const b = await family()
-    expect(await sessions().rotate(a.fam.id, 'unknown', token())).toBe(false)
-    expect(await sessions().rotate(a.fam.id, b.first.hash, token())).toBe(false)
-    expect(await sessions().rotate(randomUUID(), a.first.hash, token())).toBe(false)
+    expect(await sessions().rotate(a.fam.id, 'unknown', token(), used())).toBe(false)
+    expect(await sessions().rotate(a.fam.id, b.first.hash, token(), used())).toBe(false)
+    expect(await sessions().rotate(randomUUID(), a.first.hash, token(), used())).toBe(false)
     expect((await sessions().findToken(b.first.hash))?.token.rotated).toBe(false)
   })
 
@@ -474,7 +490,7 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
     const { fam, first } = await family()
     await sessions().revokeFamily(fam.id)
     expect((await sessions().findToken(first.hash))?.family.revoked).toBe(true)
-    expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
+    expect(await sessions().rotate(fam.id, first.hash, token(), used())).toBe(false)
     await sessions().revokeFamily(randomUUID())
   })
 
@@ -485,7 +501,7 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
     async function rotatedFamily() {
       const { fam, first } = await family()
       const second = token()
-      expect(await sessions().rotate(fam.id, first.hash, second)).toBe(true)
+      expect(await sessions().rotate(fam.id, first.hash, second, used())).toBe(true)
       return { fam, first, second }
     }
 
@@ -493,7 +509,7 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       const { fam, first } = await rotatedFamily()
       const third = token()
 
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10))).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10), used())).toBe(true)
 
       expect((await sessions().findToken(first.hash))?.token).toMatchObject({ rotated: true, graceUsed: true })
       expect((await sessions().findToken(third.hash))?.token).toEqual({
@@ -506,27 +522,29 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       })
       // Its one grace is spent.
       const fourth = token()
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, fourth, secondsAgo(10))).toBe(false)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, fourth, secondsAgo(10), used())).toBe(false)
       expect(await sessions().findToken(fourth.hash)).toBeUndefined()
     })
 
     it('refuses a token rotated before rotatedAfter, and spends nothing', async () => {
       const { fam, first } = await rotatedFamily()
       const late = token()
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, late, new Date(Date.now() + 60_000))).toBe(false)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, late, new Date(Date.now() + 60_000), used())).toBe(
+        false,
+      )
       expect(await sessions().findToken(late.hash)).toBeUndefined()
       expect((await sessions().findToken(first.hash))?.token.graceUsed).toBe(false)
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10))).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10), used())).toBe(true)
     })
 
     it('refuses a token not rotated, an unknown one, one of another family, and an unknown family', async () => {
       const a = await rotatedFamily()
       const b = await rotatedFamily()
       const since = secondsAgo(10)
-      expect(await sessions().reissueWithinGrace(a.fam.id, a.second.hash, token(), since)).toBe(false)
-      expect(await sessions().reissueWithinGrace(a.fam.id, 'unknown', token(), since)).toBe(false)
-      expect(await sessions().reissueWithinGrace(a.fam.id, b.first.hash, token(), since)).toBe(false)
-      expect(await sessions().reissueWithinGrace(randomUUID(), a.first.hash, token(), since)).toBe(false)
+      expect(await sessions().reissueWithinGrace(a.fam.id, a.second.hash, token(), since, used())).toBe(false)
+      expect(await sessions().reissueWithinGrace(a.fam.id, 'unknown', token(), since, used())).toBe(false)
+      expect(await sessions().reissueWithinGrace(a.fam.id, b.first.hash, token(), since, used())).toBe(false)
+      expect(await sessions().reissueWithinGrace(randomUUID(), a.first.hash, token(), since, used())).toBe(false)
       expect((await sessions().findToken(b.first.hash))?.token.graceUsed).toBe(false)
       expect((await sessions().findToken(a.first.hash))?.token.graceUsed).toBe(false)
     })
@@ -535,23 +553,23 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       const { fam, first } = await rotatedFamily()
       await sessions().revokeFamily(fam.id)
       const next = token()
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, next, secondsAgo(10))).toBe(false)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, next, secondsAgo(10), used())).toBe(false)
       expect(await sessions().findToken(next.hash)).toBeUndefined()
     })
 
     it('leaves two tokens that may rotate, each once: the rotated-to one and the re-issued one', async () => {
       const { fam, first, second } = await rotatedFamily()
       const third = token()
-      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10))).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, secondsAgo(10), used())).toBe(true)
 
-      expect(await sessions().rotate(fam.id, second.hash, token())).toBe(true)
-      expect(await sessions().rotate(fam.id, third.hash, token())).toBe(true)
-      expect(await sessions().rotate(fam.id, second.hash, token())).toBe(false)
-      expect(await sessions().rotate(fam.id, third.hash, token())).toBe(false)
-      expect(await sessions().rotate(fam.id, first.hash, token())).toBe(false)
+      expect(await sessions().rotate(fam.id, second.hash, token(), used())).toBe(true)
+      expect(await sessions().rotate(fam.id, third.hash, token(), used())).toBe(true)
+      expect(await sessions().rotate(fam.id, second.hash, token(), used())).toBe(false)
+      expect(await sessions().rotate(fam.id, third.hash, token(), used())).toBe(false)
+      expect(await sessions().rotate(fam.id, first.hash, token(), used())).toBe(false)
       // Each of them has a grace of its own.
-      expect(await sessions().reissueWithinGrace(fam.id, second.hash, token(), secondsAgo(10))).toBe(true)
-      expect(await sessions().reissueWithinGrace(fam.id, third.hash, token(), secondsAgo(10))).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, second.hash, token(), secondsAgo(10), used())).toBe(true)
+      expect(await sessions().reissueWithinGrace(fam.id, third.hash, token(), secondsAgo(10), used())).toBe(true)
     })
 
     it('lets exactly one of many concurrent re-issues of one token succeed', async () => {
@@ -559,7 +577,9 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       const nexts = Array.from({ length: 20 }, token)
       const since = secondsAgo(10)
 
-      const results = await Promise.all(nexts.map((n) => sessions().reissueWithinGrace(fam.id, first.hash, n, since)))
+      const results = await Promise.all(
+        nexts.map((n) => sessions().reissueWithinGrace(fam.id, first.hash, n, since, used())),
+      )
 
       expect(results.filter(Boolean)).toHaveLength(1)
       const found = await Promise.all(nexts.map((n) => sessions().findToken(n.hash)))
@@ -571,8 +591,8 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       // What the service does: rotate, and when that loses, reissueWithinGrace. Both succeed.
       const { fam, first } = await family()
       const attempt = async () => {
-        if (await sessions().rotate(fam.id, first.hash, token())) return 'rotated'
-        return (await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10)))
+        if (await sessions().rotate(fam.id, first.hash, token(), used())) return 'rotated'
+        return (await sessions().reissueWithinGrace(fam.id, first.hash, token(), secondsAgo(10), used()))
           ? 'reissued'
           : 'refused'
       }
@@ -584,10 +604,152 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
       const old = await family(undefined, new Date(Date.now() - 1_000))
       const second = token()
       const third = token()
-      expect(await sessions().rotate(old.fam.id, old.first.hash, second)).toBe(true)
-      expect(await sessions().reissueWithinGrace(old.fam.id, old.first.hash, third, secondsAgo(10))).toBe(true)
+      expect(await sessions().rotate(old.fam.id, old.first.hash, second, used())).toBe(true)
+      expect(await sessions().reissueWithinGrace(old.fam.id, old.first.hash, third, secondsAgo(10), used())).toBe(true)
       await sessions().sweep(new Date())
       for (const t of [old.first, second, third]) expect(await sessions().findToken(t.hash)).toBeUndefined()
+    })
+  })
+
+  describe('what a session shows its user (lastUsedAt, userAgent, ip)', () => {
+    it('finds a family by id, revoked or not, and nothing for an unknown id', async () => {
+      const { fam } = await family()
+      expect(await sessions().findFamily(fam.id)).toEqual({ ...fam, revoked: false })
+      await sessions().revokeFamily(fam.id)
+      expect(await sessions().findFamily(fam.id)).toEqual({ ...fam, revoked: true })
+      expect(await sessions().findFamily(randomUUID())).toBeUndefined()
+      expect(await sessions().findFamily('not-a-uuid')).toBeUndefined()
+    })
+
+    it('records the client of each rotation and grace re-issue, and nothing for one refused', async () => {
+      const { fam, first } = await family()
+      const second = token()
+      const rotation = used('agent/2', '198.51.100.2')
+      expect(await sessions().rotate(fam.id, first.hash, second, rotation)).toBe(true)
+      const afterRotation = {
+        ...fam,
+        revoked: false,
+        lastUsedAt: rotation.at,
+        userAgent: 'agent/2',
+        ip: '198.51.100.2',
+      }
+      expect(await sessions().findFamily(fam.id)).toEqual(afterRotation)
+      expect((await sessions().findToken(second.hash))?.family).toEqual(afterRotation)
+
+      // A refused rotation (the token is spent) records nothing.
+      expect(await sessions().rotate(fam.id, first.hash, token(), used('thief/1', '203.0.113.9'))).toBe(false)
+      expect(await sessions().findFamily(fam.id)).toEqual(afterRotation)
+
+      const reissue = used(null, null)
+      expect(
+        await sessions().reissueWithinGrace(fam.id, first.hash, token(), new Date(Date.now() - 10_000), reissue),
+      ).toBe(true)
+      expect(await sessions().findFamily(fam.id)).toEqual({
+        ...afterRotation,
+        lastUsedAt: reissue.at,
+        userAgent: null,
+        ip: null,
+      })
+    })
+
+    it('records nothing in a revoked family', async () => {
+      const { fam, first } = await family()
+      await sessions().revokeFamily(fam.id)
+      expect(await sessions().rotate(fam.id, first.hash, token(), used())).toBe(false)
+      expect(await sessions().findFamily(fam.id)).toEqual({ ...fam, revoked: true })
+    })
+
+    it("lists a user's live sessions, newest first, each with what it shows and when it ends", async () => {
+      const userId = await harness().addUser()
+      const base = Math.floor(Date.now() / 1000) * 1000
+      const older = await family(userId, inAnHour(), { createdAt: new Date(base - 2_000) })
+      // Its token ends before its absolute lifetime: that is when it ends.
+      const soon = new Date(base + 600_000)
+      const newer = await family(userId, inAnHour(), {
+        createdAt: new Date(base - 1_000),
+        first: { hash: randomUUID(), expiresAt: soon },
+      })
+      await family() // another user's
+
+      expect(await sessions().listActive(userId, new Date())).toEqual([
+        { ...newer.fam, expiresAt: soon },
+        { ...older.fam, expiresAt: older.first.expiresAt },
+      ])
+      expect(await sessions().listActive(randomUUID(), new Date())).toEqual([])
+      expect(await sessions().listActive('not-a-uuid', new Date())).toEqual([])
+    })
+
+    it('orders sessions started in the same instant the same way in every store (by id, descending)', async () => {
+      const userId = await harness().addUser()
+      const createdAt = new Date(Math.floor(Date.now() / 1000) * 1000)
+      const ids: string[] = []
+      for (let i = 0; i < 5; i++) ids.push((await family(userId, inAnHour(), { createdAt })).fam.id)
+      const listed = (await sessions().listActive(userId, new Date())).map((s) => s.id)
+      expect(listed).toEqual([...ids].sort().reverse())
+    })
+
+    it('ends a session at its absolute lifetime when that comes before its token expires', async () => {
+      const userId = await harness().addUser()
+      const absolute = new Date(Math.floor(Date.now() / 1000) * 1000 + 60_000)
+      const { fam } = await family(userId, absolute)
+      expect((await sessions().listActive(userId, new Date())).map((s) => [s.id, s.expiresAt])).toEqual([
+        [fam.id, absolute],
+      ])
+    })
+
+    it('leaves out sessions revoked, past their absolute lifetime, or with no token left that works', async () => {
+      const userId = await harness().addUser()
+      const now = new Date()
+      const live = await family(userId)
+      const revoked = await family(userId)
+      await sessions().revokeFamily(revoked.fam.id)
+      await family(userId, new Date(+now - 1_000)) // past its absolute lifetime
+      await family(userId, inAnHour(), { first: { hash: randomUUID(), expiresAt: new Date(+now - 1_000) } }) // idle too long
+      expect((await sessions().listActive(userId, now)).map((s) => s.id)).toEqual([live.fam.id])
+      // Measured at the instant given, not the store's clock.
+      expect((await sessions().listActive(userId, new Date(+now + 7_200_000))).map((s) => s.id)).toEqual([])
+    })
+
+    it('ends with the latest of its tokens not rotated: after a rotation the new one, after a re-issue the later one', async () => {
+      const userId = await harness().addUser()
+      const base = Math.floor(Date.now() / 1000) * 1000
+      const at = (ms: number) => ({ hash: randomUUID(), expiresAt: new Date(base + ms) })
+      const { fam, first } = await family(userId, new Date(base + 7_200_000))
+      const expiries = async () => (await sessions().listActive(userId, new Date())).map((s) => s.expiresAt)
+
+      const second = at(1_200_000)
+      expect(await sessions().rotate(fam.id, first.hash, second, used())).toBe(true)
+      expect(await expiries()).toEqual([second.expiresAt])
+      // The grace re-issue leaves two tokens not rotated: the later one counts.
+      const third = at(2_400_000)
+      expect(await sessions().reissueWithinGrace(fam.id, first.hash, third, new Date(base - 60_000), used())).toBe(true)
+      expect(await expiries()).toEqual([third.expiresAt])
+      // Rotated tokens stop counting, however late they would have expired.
+      expect(await sessions().rotate(fam.id, second.hash, at(600_000), used())).toBe(true)
+      expect(await expiries()).toEqual([third.expiresAt])
+      const last = at(900_000)
+      expect(await sessions().rotate(fam.id, third.hash, last, used())).toBe(true)
+      expect(await expiries()).toEqual([last.expiresAt])
+    })
+
+    it('holds no token in what it lists, not even a hash', async () => {
+      const userId = await harness().addUser()
+      const { first } = await family(userId)
+      const [session] = await sessions().listActive(userId, new Date())
+      expect(Object.keys(session ?? {}).sort()).toEqual(
+        [
+          'absoluteExpiresAt',
+          'createdAt',
+          'expiresAt',
+          'id',
+          'ip',
+          'lastUsedAt',
+          'scope',
+          'userAgent',
+          'userId',
+        ].sort(),
+      )
+      expect(JSON.stringify(session)).not.toContain(first.hash)
     })
   })
 
@@ -608,7 +770,7 @@ function sessionStoreContract(make: () => Promise<SessionHarness>): void {
   it('sweeps families past their absolute lifetime, with all their tokens', async () => {
     const old = await family(undefined, new Date(Date.now() - 1_000))
     const rotatedTo = token()
-    await sessions().rotate(old.fam.id, old.first.hash, rotatedTo)
+    await sessions().rotate(old.fam.id, old.first.hash, rotatedTo, used())
     const live = await family()
     await sessions().sweep(new Date())
     expect(await sessions().findToken(old.first.hash)).toBeUndefined()
@@ -851,6 +1013,196 @@ function oneTimeTokenStoreContract(make: () => Promise<OneTimeTokenHarness>): vo
   })
 }
 
+// --- second factors (TOTP) ---------------------------------------------------------------------
+
+interface MfaHarness {
+  mfa: MfaStore
+  /** A user id a factor can belong to (the PostgreSQL store requires the user to exist). */
+  addUser(): Promise<string>
+  close(): Promise<void>
+}
+
+function mfaStoreContract(make: () => Promise<MfaHarness>): void {
+  const harness = perTest(make)
+  const mfa = () => harness().mfa
+  // Whole milliseconds, as a Date round-trips through PostgreSQL.
+  const now = new Date(Math.floor(Date.now() / 1000) * 1000)
+  const sealed = (keyId = 'k1'): SealedSecret => ({ keyId, ciphertext: randomUUID().replaceAll('-', '') })
+  const codes = (n: number) => Array.from({ length: n }, () => randomUUID().replaceAll('-', ''))
+
+  /** A user with a confirmed factor: lastStep `step`, recovery codes `codeHashes`. */
+  async function active(step = 1000, codeHashes = codes(3)) {
+    const userId = await harness().addUser()
+    const secret = sealed()
+    expect(await mfa().setPending(userId, secret, now)).toBe(true)
+    expect(await mfa().activate(userId, secret.ciphertext, step, codeHashes)).toBe(true)
+    return { userId, secret, codeHashes }
+  }
+
+  /** A user whose enrolment waits for its first code. */
+  async function pending() {
+    const userId = await harness().addUser()
+    const secret = sealed()
+    expect(await mfa().setPending(userId, secret, now)).toBe(true)
+    return { userId, secret }
+  }
+
+  it('has nothing for an account without a second factor', async () => {
+    const userId = await harness().addUser()
+    expect(await mfa().get(userId)).toBeUndefined()
+    expect(await mfa().get(randomUUID())).toBeUndefined()
+    expect(await mfa().activate(userId, 'anything', 1, [])).toBe(false)
+    expect(await mfa().useStep(userId, 1)).toBe(false)
+    expect(await mfa().delete(userId)).toBe(false)
+  })
+
+  it('stores a pending secret: inactive, no step accepted yet, no recovery codes', async () => {
+    const { userId, secret } = await pending()
+    expect(await mfa().get(userId)).toEqual({
+      userId,
+      secret,
+      active: false,
+      lastStep: -1,
+      recoveryCodesLeft: 0,
+      createdAt: now,
+    })
+  })
+
+  it('replaces a pending secret with a newer enrolment, and refuses to confirm the older one', async () => {
+    const { userId, secret: first } = await pending()
+    const second = sealed('k2')
+    const later = new Date(+now + 60_000)
+    expect(await mfa().setPending(userId, second, later)).toBe(true)
+    expect(await mfa().get(userId)).toMatchObject({ secret: second, active: false, lastStep: -1, createdAt: later })
+    expect(await mfa().activate(userId, first.ciphertext, 10, codes(2))).toBe(false)
+    expect(await mfa().get(userId)).toMatchObject({ secret: second, active: false, lastStep: -1, recoveryCodesLeft: 0 })
+  })
+
+  it('confirms the pending secret: active, with its step and its recovery codes', async () => {
+    const { userId, secret } = await pending()
+    expect(await mfa().activate(userId, secret.ciphertext, 58_000_123, codes(10))).toBe(true)
+    expect(await mfa().get(userId)).toEqual({
+      userId,
+      secret,
+      active: true,
+      lastStep: 58_000_123,
+      recoveryCodesLeft: 10,
+      createdAt: now,
+    })
+    // Once: a second confirmation (a replayed request) changes nothing.
+    expect(await mfa().activate(userId, secret.ciphertext, 58_000_200, codes(1))).toBe(false)
+    expect(await mfa().get(userId)).toMatchObject({ lastStep: 58_000_123, recoveryCodesLeft: 10 })
+  })
+
+  it('keeps an active factor when an enrolment is started again', async () => {
+    const { userId, secret } = await active(500)
+    const before = await mfa().get(userId)
+    expect(await mfa().setPending(userId, sealed('k2'), new Date(+now + 1000))).toBe(false)
+    expect(await mfa().get(userId)).toEqual(before)
+    expect((await mfa().get(userId))?.secret).toEqual(secret)
+  })
+
+  it('gives one winner when an enrolment and a confirmation race', async () => {
+    const { userId, secret } = await pending()
+    const next = sealed('k2')
+    const [activated, replaced] = await Promise.all([
+      mfa().activate(userId, secret.ciphertext, 7, codes(2)),
+      mfa().setPending(userId, next, now),
+    ])
+    const record = await mfa().get(userId)
+    // Whichever runs first wins: a confirmation first leaves the enrolment an active factor it may
+    // not replace; an enrolment first leaves the confirmation a ciphertext that no longer matches.
+    expect([activated, replaced].filter(Boolean)).toHaveLength(1)
+    if (activated) expect(record).toMatchObject({ secret, active: true, lastStep: 7, recoveryCodesLeft: 2 })
+    else expect(record).toMatchObject({ secret: next, active: false, lastStep: -1, recoveryCodesLeft: 0 })
+  })
+
+  it('accepts each time step once, and never an older one', async () => {
+    const { userId } = await active(1000)
+    expect(await mfa().useStep(userId, 1001)).toBe(true)
+    expect(await mfa().useStep(userId, 1001)).toBe(false)
+    expect(await mfa().useStep(userId, 1000)).toBe(false)
+    expect(await mfa().useStep(userId, 999)).toBe(false)
+    expect((await mfa().get(userId))?.lastStep).toBe(1001)
+    expect(await mfa().useStep(userId, 1003)).toBe(true)
+    expect(await mfa().useStep(userId, 1002)).toBe(false)
+    expect((await mfa().get(userId))?.lastStep).toBe(1003)
+  })
+
+  it('lets exactly one of many concurrent uses of one code through', async () => {
+    const { userId } = await active(1000)
+    const results = await Promise.all(Array.from({ length: 5 }, () => mfa().useStep(userId, 1001)))
+    expect(results.filter(Boolean)).toHaveLength(1)
+    expect((await mfa().get(userId))?.lastStep).toBe(1001)
+  })
+
+  it('spends a recovery code once; an unknown one never', async () => {
+    const { userId, codeHashes } = await active(1000, codes(3))
+    const [first, second] = codeHashes as [string, string, string]
+    expect(await mfa().useRecoveryCode(userId, first)).toBe(true)
+    expect(await mfa().useRecoveryCode(userId, first)).toBe(false)
+    expect(await mfa().useRecoveryCode(userId, 'not-a-code')).toBe(false)
+    expect((await mfa().get(userId))?.recoveryCodesLeft).toBe(2)
+    // Another account's code is not this one's.
+    const other = await active(1000, codes(1))
+    expect(await mfa().useRecoveryCode(other.userId, second)).toBe(false)
+    expect(await mfa().useRecoveryCode(userId, second)).toBe(true)
+  })
+
+  it('lets exactly one of many concurrent spends of one recovery code through', async () => {
+    const { userId, codeHashes } = await active(1000, codes(2))
+    const code = codeHashes[0] as string
+    const results = await Promise.all(Array.from({ length: 5 }, () => mfa().useRecoveryCode(userId, code)))
+    expect(results.filter(Boolean)).toHaveLength(1)
+    expect((await mfa().get(userId))?.recoveryCodesLeft).toBe(1)
+  })
+
+  it('accepts no code, spends no recovery code and replaces none while the enrolment is pending', async () => {
+    const { userId, secret } = await pending()
+    expect(await mfa().useStep(userId, 5)).toBe(false)
+    expect(await mfa().useRecoveryCode(userId, 'any')).toBe(false)
+    expect(await mfa().replaceRecoveryCodes(userId, codes(4))).toBe(false)
+    expect(await mfa().get(userId)).toMatchObject({ secret, active: false, lastStep: -1, recoveryCodesLeft: 0 })
+  })
+
+  it('replaces every recovery code of an active factor', async () => {
+    const { userId, codeHashes } = await active(1000, codes(3))
+    const fresh = codes(5)
+    expect(await mfa().replaceRecoveryCodes(userId, fresh)).toBe(true)
+    expect((await mfa().get(userId))?.recoveryCodesLeft).toBe(5)
+    expect(await mfa().useRecoveryCode(userId, codeHashes[0] as string)).toBe(false)
+    expect(await mfa().useRecoveryCode(userId, fresh[0] as string)).toBe(true)
+    expect(await mfa().replaceRecoveryCodes(userId, [])).toBe(true)
+    expect((await mfa().get(userId))?.recoveryCodesLeft).toBe(0)
+    expect(await mfa().replaceRecoveryCodes(randomUUID(), codes(1))).toBe(false)
+  })
+
+  it('deletes a factor, pending or active, with its codes', async () => {
+    const { userId, codeHashes } = await active(1000, codes(2))
+    const waiting = await pending()
+    expect(await mfa().delete(userId)).toBe(true)
+    expect(await mfa().delete(userId)).toBe(false)
+    expect(await mfa().get(userId)).toBeUndefined()
+    expect(await mfa().useRecoveryCode(userId, codeHashes[0] as string)).toBe(false)
+    expect(await mfa().delete(waiting.userId)).toBe(true)
+    expect(await mfa().get(waiting.userId)).toBeUndefined()
+    // Enrolling again starts from nothing.
+    const secret = sealed()
+    expect(await mfa().setPending(userId, secret, now)).toBe(true)
+    expect(await mfa().get(userId)).toMatchObject({ secret, active: false, lastStep: -1, recoveryCodesLeft: 0 })
+  })
+
+  it('tells which of some accounts have an active factor, ignoring ids that are not UUIDs', async () => {
+    const [on, alsoOn] = [await active(), await active()]
+    const waiting = await pending()
+    const without = await harness().addUser()
+    const ids = [on.userId, waiting.userId, without, 'not-a-uuid', '', randomUUID(), alsoOn.userId]
+    expect(await mfa().activeAmong(ids)).toEqual(new Set([on.userId, alsoOn.userId]))
+    expect(await mfa().activeAmong([])).toEqual(new Set())
+    expect(await mfa().activeAmong(['not-a-uuid'])).toEqual(new Set())
+  })
+}
+
 // --- the in-memory reference -------------------------------------------------------------------
 
 describe('memory stores', () => {
@@ -880,6 +1232,12 @@ describe('memory stores', () => {
   describe('MemoryOneTimeTokenStore', () =>
     oneTimeTokenStoreContract(async () => ({
       tokens: new MemoryOneTimeTokenStore(),
+      addUser: async () => randomUUID(),
+      close: async () => {},
+    })))
+  describe('MemoryMfaStore', () =>
+    mfaStoreContract(async () => ({
+      mfa: new MemoryMfaStore(),
       addUser: async () => randomUUID(),
       close: async () => {},
     })))
@@ -1018,6 +1376,9 @@ describeWith('postgres', 'PostgreSQL stores', () => {
           scope: 'user',
           createdAt: now,
           absoluteExpiresAt: new Date(+now + 60_000),
+          lastUsedAt: now,
+          userAgent: null,
+          ip: null,
         },
         { hash: 'h-leaving', expiresAt: new Date(+now + 60_000) },
       )
@@ -1030,7 +1391,16 @@ describeWith('postgres', 'PostgreSQL stores', () => {
       const now = new Date()
       const err = await sessions
         .createFamily(
-          { id: randomUUID(), userId: randomUUID(), scope: 'user', createdAt: now, absoluteExpiresAt: now },
+          {
+            id: randomUUID(),
+            userId: randomUUID(),
+            scope: 'user',
+            createdAt: now,
+            absoluteExpiresAt: now,
+            lastUsedAt: now,
+            userAgent: null,
+            ip: null,
+          },
           { hash: randomUUID(), expiresAt: now },
         )
         .catch((e: unknown) => e)
@@ -1077,6 +1447,53 @@ describeWith('postgres', 'PostgreSQL stores', () => {
     })
   })
 
+  describe('PostgresMfaStore', () => {
+    mfaStoreContract(async () => {
+      await db.truncate()
+      const users = new PostgresUserStore(db.pool)
+      return {
+        mfa: new PostgresMfaStore(db.pool),
+        addUser: async () => {
+          const user = newUser(`u_${randomUUID().slice(0, 8)}`)
+          await users.create(user)
+          return user.id
+        },
+        close: async () => {},
+      }
+    })
+
+    it("stores nothing for an account that does not exist, and drops an account's factor with it", async () => {
+      await db.truncate()
+      const users = new PostgresUserStore(db.pool)
+      const mfa = new PostgresMfaStore(db.pool)
+      const secret = { keyId: 'k1', ciphertext: 'sealed' }
+      expect(await mfa.setPending(randomUUID(), secret, new Date())).toBe(false)
+      expect(await mfa.setPending('not-a-uuid', secret, new Date())).toBe(false)
+      const user = newUser('leaving_mfa')
+      await users.create(user)
+      expect(await mfa.setPending(user.id, secret, new Date())).toBe(true)
+      expect(await mfa.activate(user.id, 'sealed', 1, ['h1', 'h2'])).toBe(true)
+      await users.delete(user.id)
+      expect(await mfa.get(user.id)).toBeUndefined()
+      const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM mfa_recovery_codes')
+      expect(rows).toEqual([{ n: 0 }])
+    })
+
+    it('keeps only the hashes it is given, and the sealed secret, never anything else', async () => {
+      await db.truncate()
+      const users = new PostgresUserStore(db.pool)
+      const mfa = new PostgresMfaStore(db.pool)
+      const user = newUser('stored_mfa')
+      await users.create(user)
+      await mfa.setPending(user.id, { keyId: 'k9', ciphertext: 'c1' }, new Date())
+      await mfa.activate(user.id, 'c1', 42, ['h1', 'h2', 'h1'])
+      const totp = await db.pool.query('SELECT key_id, secret, active, last_step FROM mfa_totp')
+      expect(totp.rows).toEqual([{ key_id: 'k9', secret: 'c1', active: true, last_step: '42' }])
+      const stored = await db.pool.query('SELECT code_hash FROM mfa_recovery_codes ORDER BY code_hash')
+      expect(stored.rows).toEqual([{ code_hash: 'h1' }, { code_hash: 'h2' }])
+    })
+  })
+
   describe('PostgresDenyList', () => {
     // Each list gets a pool of its own, as each instance would (drop() ends them).
     const make = async () => new PostgresDenyList(db.newPool())
@@ -1104,6 +1521,8 @@ describeWith('postgres', 'PostgreSQL stores', () => {
         { version: '1', name: '001_initial' },
         { version: '2', name: '002_refresh_reuse_grace' },
         { version: '3', name: '003_account_recovery' },
+        { version: '4', name: '004_mfa' },
+        { version: '5', name: '005_session_metadata' },
       ])
     })
 
@@ -1111,7 +1530,13 @@ describeWith('postgres', 'PostgreSQL stores', () => {
       const fresh = await createTestSchema({ migrated: false })
       try {
         const results = await Promise.all([migrate(fresh.newPool()), migrate(fresh.newPool())])
-        expect(results.flat()).toEqual(['001_initial', '002_refresh_reuse_grace', '003_account_recovery'])
+        expect(results.flat()).toEqual([
+          '001_initial',
+          '002_refresh_reuse_grace',
+          '003_account_recovery',
+          '004_mfa',
+          '005_session_metadata',
+        ])
         const { rows } = await fresh.pool.query('SELECT count(*)::int AS n FROM users')
         expect(rows).toEqual([{ n: 0 }])
       } finally {
@@ -1127,7 +1552,7 @@ describeWith('postgres', 'PostgreSQL stores', () => {
             env: { ...process.env, DATABASE_URL: fresh.url },
           })
         expect((await cli()).stdout.trim()).toBe(
-          'migrate: applied 001_initial, 002_refresh_reuse_grace, 003_account_recovery',
+          'migrate: applied 001_initial, 002_refresh_reuse_grace, 003_account_recovery, 004_mfa, 005_session_metadata',
         )
         expect((await cli()).stdout.trim()).toBe('migrate: up to date')
       } finally {
@@ -1161,7 +1586,12 @@ describeWith('postgres', 'PostgreSQL stores', () => {
           [inAnHour],
         )
 
-        expect(await migrate(fresh.pool)).toEqual(['002_refresh_reuse_grace', '003_account_recovery'])
+        expect(await migrate(fresh.pool)).toEqual([
+          '002_refresh_reuse_grace',
+          '003_account_recovery',
+          '004_mfa',
+          '005_session_metadata',
+        ])
 
         // 003: an address stored before it is found in any case, and is not verified.
         expect(await new PostgresUserStore(fresh.pool).findByEmail('upgraded@example.com')).toMatchObject({
@@ -1172,11 +1602,18 @@ describeWith('postgres', 'PostgreSQL stores', () => {
 
         const sessions = new PostgresSessionStore(fresh.pool)
         expect((await sessions.findToken('h-first'))?.token).toMatchObject({ rotatedAt: null, graceUsed: false })
+        // 005: a session from before it was last used when it started, by a client nobody recorded.
+        expect(await sessions.findFamily('fam-001')).toMatchObject({ lastUsedAt: now, userAgent: null, ip: null })
         const since = new Date(Date.now() - 3_600_000)
+        const client = { userAgent: 'agent/5', ip: '192.0.2.5', at: new Date() }
         expect(
-          await sessions.reissueWithinGrace('fam-001', 'h-first', { hash: 'h-x', expiresAt: inAnHour }, since),
+          await sessions.reissueWithinGrace('fam-001', 'h-first', { hash: 'h-x', expiresAt: inAnHour }, since, client),
         ).toBe(false)
-        expect(await sessions.rotate('fam-001', 'h-second', { hash: 'h-third', expiresAt: inAnHour })).toBe(true)
+        expect(await sessions.rotate('fam-001', 'h-second', { hash: 'h-third', expiresAt: inAnHour }, client)).toBe(
+          true,
+        )
+        expect(await sessions.findFamily('fam-001')).toMatchObject({ lastUsedAt: client.at, userAgent: 'agent/5' })
+        expect((await sessions.listActive(user.id, new Date())).map((s) => s.id)).toEqual(['fam-001'])
       } finally {
         rmSync(only001, { recursive: true, force: true })
         await fresh.drop()

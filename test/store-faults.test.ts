@@ -65,7 +65,7 @@ describe('PostgreSQL not listening', () => {
       users.list({ limit: 10, offset: 0 }),
       users.ping(),
       sessions.findToken('h'),
-      sessions.rotate(randomUUID(), 'a', { hash: 'b', expiresAt: now }),
+      sessions.rotate(randomUUID(), 'a', { hash: 'b', expiresAt: now }, { userAgent: null, ip: null, at: now }),
       sessions.ping(),
     ]
     for (const { error } of await Promise.all(operations.map(rejection))) expectUnavailable(error, 'postgres')

@@ -409,3 +409,42 @@ describe('logins the server sheds under load', () => {
     expect((await attempt(app, other, TEST_PASSWORD)).statusCode).toBe(200)
   })
 })
+
+describe('LoginThrottle.cancelled: only the lock the attempt set', () => {
+  it('leaves a lock set by a concurrent failure when an attempt at the limit is cancelled', async () => {
+    const { LoginThrottle } = await import('../src/services/throttle.js')
+    const { MemoryCounterStore } = await import('../src/store/counters.js')
+    const { testConfig } = await import('./helpers.js')
+    const limits = { ...testConfig({ LOGIN_MAX_FAILURES: '3' }).throttle }
+    // A counter store whose first lock attempt waits until released: the interleaving of a right
+    // password of an account with MFA (cancelled) and a wrong code arriving at the same moment.
+    const store = new MemoryCounterStore()
+    let release!: () => void
+    const held = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let first = true
+    const setIfAbsent = store.setIfAbsent.bind(store)
+    store.setIfAbsent = async (key, ttl) => {
+      if (first) {
+        first = false
+        await held
+      }
+      return setIfAbsent(key, ttl)
+    }
+    const throttle = new LoginThrottle(store, limits)
+    for (let n = 0; n < 2; n++) await throttle.failed(await throttle.begin('carol', '10.0.0.1'))
+    // The password attempt reaches the limit (3) and waits at its lock; the wrong code (4) sets it.
+    const password = throttle.begin('carol', '10.0.0.1')
+    await sleep(10)
+    const wrongCode = await throttle.begin('carol', '10.0.0.2')
+    expect(wrongCode.setLock).toBe(true)
+    release()
+    const passwordAttempt = await password
+    expect(passwordAttempt.setLock).toBe(false)
+    await throttle.cancelled(passwordAttempt)
+    await throttle.failed(wrongCode)
+    await expect(throttle.begin('carol', '10.0.0.3')).rejects.toMatchObject({ statusCode: 429 })
+    await store.close()
+  })
+})

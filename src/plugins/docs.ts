@@ -52,6 +52,17 @@ async function docsPlugin(app: FastifyInstance): Promise<void> {
               },
             },
           },
+          // POST /introspect exists only with INTROSPECTION_CLIENTS, and so does its scheme.
+          ...(app.config.introspection.clients.length > 0
+            ? {
+                IntrospectionClient: {
+                  type: 'http',
+                  scheme: 'basic',
+                  description:
+                    'A resource server of INTROSPECTION_CLIENTS: its client id and secret, each form-urlencoded (RFC 6749 §2.3.1).',
+                },
+              }
+            : {}),
         },
       },
     },

@@ -15,6 +15,7 @@ import {
   InternalError,
   InvalidTokenError,
   MethodNotAllowedError,
+  MfaRequiredError,
   MissingTokenError,
   OAuthError,
   type OAuthErrorCode,
@@ -94,7 +95,9 @@ function errorBody(err: ApiError, request: FastifyRequest): Record<string, unkno
         : err.statusCode >= 500
           ? 'server_error'
           : 'invalid_request')
-    return { error: code, error_description: err.detail, detail: err.detail }
+    const body: Record<string, unknown> = { error: code, error_description: err.detail, detail: err.detail }
+    if (err instanceof MfaRequiredError) body.mfa_token = err.mfaToken
+    return body
   }
   if (err instanceof ValidationError) return { detail: err.detail, errors: err.errors }
   return { detail: err.detail }

@@ -11,6 +11,7 @@ import {
   UserPatchBody,
   ValidationErrorBody,
 } from '../schemas.js'
+import type { UserRecord } from '../store/users.js'
 import { ADMIN_SECURITY, requireMediaType } from './hooks.js'
 import { type ResponseSpec, responses } from './responses.js'
 import { toAdminView } from './views.js'
@@ -24,6 +25,12 @@ const USER_PATH = '/users/:id(^(?!me$)[^/]+$)'
 
 export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
   const admin = app.requireScope('admin')
+  /** The admin view of these users, with whether each one's MFA is active (one store read for all). */
+  const views = async (users: readonly UserRecord[]) => {
+    const withMfa = app.mfa ? await app.mfa.activeAmong(users.map((u) => u.id)) : new Set<string>()
+    return users.map((user) => toAdminView(user, withMfa.has(user.id)))
+  }
+  const view = async (user: UserRecord) => (await views([user]))[0] as UserAdminView
   const badId: ResponseSpec = [ValidationErrorBody, '`id` is not a user id (a UUID).']
   const notFound: ResponseSpec = [Detail, 'No user has this id ("User not found").']
 
@@ -50,7 +57,7 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
     async (request) => {
       const { limit, offset, username_prefix } = request.query
       const { items, total } = await app.users.list({ limit, offset, usernamePrefix: username_prefix })
-      return { items: items.map(toAdminView), total, limit, offset }
+      return { items: await views(items), total, limit, offset }
     },
   )
 
@@ -71,7 +78,7 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
         ),
       },
     },
-    async (request) => toAdminView(await app.users.get(request.params.id)),
+    async (request) => view(await app.users.get(request.params.id)),
   )
 
   app.patch(
@@ -109,7 +116,7 @@ export const adminRoutes: FastifyPluginAsyncZod = async (app) => {
         changes: request.body,
         reqId: request.id,
       })
-      return toAdminView(user)
+      return view(user)
     },
   )
 

@@ -16,6 +16,7 @@ import type { LoginOutcome, Metrics, RefreshOutcome } from '../metrics.js'
 import {
   Detail,
   EmptyObject,
+  MfaRequiredBody,
   makeRegisterBody,
   NoContent,
   OAuthErrorBody,
@@ -24,13 +25,25 @@ import {
   TokenResponse,
   UserPublic,
 } from '../schemas.js'
+import { MFA_OTP_GRANT, MFA_RECOVERY_CODE_GRANT } from '../services/mfa.js'
 import { grantScope } from '../services/scopes.js'
-import { normaliseUsername } from '../store/users.js'
-import { BEARER_SECURITY, emptyForm, PUBLIC_SECURITY, requireMediaType } from './hooks.js'
-import { oauthResponses, responses } from './responses.js'
+import { normaliseUsername, type UserRecord } from '../store/users.js'
+import { BEARER_SECURITY, emptyForm, formChecks, PUBLIC_SECURITY, requireMediaType } from './hooks.js'
+import { oauthResponses, type ResponseSpec, responses } from './responses.js'
 import { toPublic } from './views.js'
 
-const TOKEN_FIELDS = ['grant_type', 'username', 'password', 'scope', 'refresh_token', 'client_id', 'client_secret']
+const TOKEN_FIELDS = [
+  'grant_type',
+  'username',
+  'password',
+  'scope',
+  'refresh_token',
+  'mfa_token',
+  'otp',
+  'recovery_code',
+  'client_id',
+  'client_secret',
+]
 const REVOKE_FIELDS = ['token', 'token_type_hint', 'client_id', 'client_secret']
 
 /** The 429 of a @fastify/rate-limit cap (errorResponseBuilder): our body, with Retry-After in seconds. */
@@ -46,6 +59,16 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
   { config, metrics },
 ) => {
   const { throttle } = config
+  // The grants /token accepts: the MFA grants only when MFA is on.
+  const mfaRequired: Record<number, ResponseSpec> = app.mfa
+    ? {
+        403: [
+          MfaRequiredBody,
+          'The password was right and the account has MFA on: `mfa_required`, with an `mfa_token` to send back with a code (grant types `http://auth0.com/oauth/grant-type/mfa-otp` or `…/mfa-recovery-code`). A wrong password answers 400 as always, so this tells nothing to someone without the password.',
+        ],
+      }
+    : {}
+  const grantTypes = ['password', 'refresh_token', ...(app.mfa ? [MFA_OTP_GRANT, MFA_RECOVERY_CODE_GRANT] : [])]
 
   app.post(
     '/register',
@@ -105,8 +128,11 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
       onRequest: requireMediaType('application/x-www-form-urlencoded', { noBodyAs: emptyForm }),
       preValidation: formChecks(TOKEN_FIELDS, (body) => {
         const grant = body.grant_type
-        if (grant !== undefined && grant !== 'password' && grant !== 'refresh_token')
-          throw new OAuthError('unsupported_grant_type', 'grant_type must be password or refresh_token')
+        if (grant !== undefined && !grantTypes.includes(grant as string))
+          throw new OAuthError(
+            'unsupported_grant_type',
+            `grant_type must be ${grantTypes.join(', ').replace(/, ([^,]+)$/, ' or $1')}`,
+          )
       }),
       config: {
         oauthErrors: true,
@@ -120,9 +146,12 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
             const { username } = request.body as { username?: string }
             return typeof username === 'string' ? `login:${normaliseUsername(username)}` : `ip:${request.ip}`
           },
-          // Refreshes cost no bcrypt and carry 256-bit tokens: not counted against anyone.
-          allowList: (request: FastifyRequest) =>
-            (request.body as { grant_type?: string }).grant_type === 'refresh_token',
+          // Refreshes cost no bcrypt and carry 256-bit tokens: not counted against anyone. The MFA
+          // grants have their own limits (5 codes per MFA token, the account lockout).
+          allowList: (request: FastifyRequest) => {
+            const grant = (request.body as { grant_type?: string }).grant_type
+            return grant !== undefined && grant !== 'password'
+          },
           // A login refused by this cap is a throttled login (refreshes never reach it).
           errorResponseBuilder: (request: FastifyRequest, context: { after: string; ttl: number }) => {
             metrics.logins.inc({ outcome: 'throttled' })
@@ -134,7 +163,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
         summary: 'Log in (password grant) or refresh (refresh_token grant)',
         operationId: 'token',
         description:
-          'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). Errors have exactly error, error_description and detail. The form must be UTF-8, raw and once %XX-decoded (400 invalid_request otherwise, never repaired); a charset other than utf-8 is 415. No body and no Content-Type is an empty form.',
+          'RFC 6749 §4.3 and §6. Password grant: username, password, optional scope. Refresh grant: refresh_token, optional scope (narrowing only). MFA grants (the second step of a password grant of an account with MFA on, after its 403 `mfa_required`): mfa_token and otp, or mfa_token and recovery_code. Errors have exactly error, error_description and detail. The form must be UTF-8, raw and once %XX-decoded (400 invalid_request otherwise, never repaired); a charset other than utf-8 is 415. No body and no Content-Type is an empty form.',
         tags: ['auth'],
         security: PUBLIC_SECURITY,
         consumes: ['application/x-www-form-urlencoded'],
@@ -144,8 +173,9 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
             200: [TokenResponse, 'A new access token and a new refresh token (a refresh spends the one sent).'],
             400: [
               OAuthErrorBody,
-              '`invalid_request` (a parameter missing, repeated or not a string), `invalid_grant` (wrong credentials; an unknown, spent, expired or revoked refresh token), `unsupported_grant_type`, or `invalid_scope`.',
+              '`invalid_request` (a parameter missing, repeated or not a string), `invalid_grant` (wrong credentials; an unknown, spent, expired or revoked refresh token; for the MFA grants, a wrong or used code, or an unknown, expired, spent or dead `mfa_token`), `unsupported_grant_type`, or `invalid_scope`.',
             ],
+            ...mfaRequired,
           },
           'form-body',
           'rate-limited',
@@ -162,7 +192,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
         if (body.refresh_token === undefined)
           throw new OAuthError('invalid_request', "Missing parameter 'refresh_token'")
         try {
-          const issued = await app.sessions.refresh(body.refresh_token, body.scope)
+          const issued = await app.sessions.refresh(body.refresh_token, body.scope, sessionClient(request))
           // grace_reissue: a spent refresh token came back within REFRESH_REUSE_GRACE_SECONDS (two
           // tabs, a retry) and got one more pair in its session; a second one revokes the session.
           if (issued.graceReissue)
@@ -190,31 +220,81 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
           throw err
         }
       }
+      if (body.grant_type === MFA_OTP_GRANT || body.grant_type === MFA_RECOVERY_CODE_GRANT) {
+        const mfa = app.mfa as NonNullable<typeof app.mfa>
+        const otpGrant = body.grant_type === MFA_OTP_GRANT
+        const code = otpGrant ? body.otp : body.recovery_code
+        if (body.mfa_token === undefined) throw new OAuthError('invalid_request', "Missing parameter 'mfa_token'")
+        if (code === undefined)
+          throw new OAuthError('invalid_request', `Missing parameter '${otpGrant ? 'otp' : 'recovery_code'}'`)
+        const method = otpGrant ? 'otp' : 'recovery_code'
+        let verified: Awaited<ReturnType<typeof mfa.verifyGrant>>
+        try {
+          verified = await mfa.verifyGrant(
+            body.mfa_token,
+            otpGrant ? { otp: code } : { recoveryCode: code },
+            request.ip,
+          )
+        } catch (err) {
+          metrics.logins.inc({ outcome: loginOutcome(err) })
+          app.audit.info({ event: 'login_mfa', method, outcome: failureOutcome(err), ...audit })
+          throw err
+        }
+        const { user } = verified
+        const issued = await issue(user, verified.scope, request)
+        app.audit.info({
+          event: 'login_mfa',
+          method,
+          outcome: 'success',
+          username: user.username,
+          userId: user.id,
+          ...audit,
+        })
+        return tokenResponse(issued)
+      }
       const { username, password } = body
       if (username === undefined) throw new OAuthError('invalid_request', "Missing parameter 'username'")
       if (password === undefined) throw new OAuthError('invalid_request', "Missing parameter 'password'")
       const logged = username.slice(0, 64)
-      let user: Awaited<ReturnType<typeof app.users.login>>
+      let login: Awaited<ReturnType<typeof app.users.login>>
       try {
-        user = await app.users.login(username, password, request.ip)
+        login = await app.users.login(username, password, request.ip)
       } catch (err) {
         metrics.logins.inc({ outcome: loginOutcome(err) })
         app.audit.info({ event: 'login', outcome: failureOutcome(err), username: logged, ...audit })
         throw err
       }
-      let issued: Awaited<ReturnType<typeof app.sessions.start>>
-      try {
-        issued = await app.sessions.start(user, grantScope(user.roles, body.scope))
-      } catch (err) {
-        // The password was right but no tokens came of it: a scope the roles do not allow, a store down.
-        metrics.logins.inc({ outcome: loginOutcome(err) })
-        throw err
+      const { user } = login
+      if (login.mfaRequired) {
+        let scope: string
+        try {
+          scope = grantScope(user.roles, body.scope)
+        } catch (err) {
+          metrics.logins.inc({ outcome: loginOutcome(err) })
+          throw err
+        }
+        metrics.logins.inc({ outcome: 'mfa_required' })
+        app.audit.info({ event: 'login', outcome: 'mfa_required', username: user.username, userId: user.id, ...audit })
+        ;(app.mfa as NonNullable<typeof app.mfa>).challenge(user, scope)
       }
-      metrics.logins.inc({ outcome: 'success' })
+      const issued = await issue(user, body.scope, request)
       app.audit.info({ event: 'login', outcome: 'success', username: user.username, userId: user.id, ...audit })
       return tokenResponse(issued)
     },
   )
+
+  /** Starts a session for a user whose credentials were right; counts the login's outcome either way. */
+  async function issue(user: UserRecord, requestedScope: string | undefined, request: FastifyRequest) {
+    try {
+      const issued = await app.sessions.start(user, grantScope(user.roles, requestedScope), sessionClient(request))
+      metrics.logins.inc({ outcome: 'success' })
+      return issued
+    } catch (err) {
+      // The credentials were right but no tokens came of it: a scope the roles do not allow, a store down.
+      metrics.logins.inc({ outcome: loginOutcome(err) })
+      throw err
+    }
+  }
 
   app.post(
     '/revoke',
@@ -310,6 +390,11 @@ function refreshOutcome(err: unknown): RefreshOutcome {
   return err instanceof ApiError ? 'invalid' : 'error'
 }
 
+/** Who asks for tokens, recorded on the session (GET /users/me/sessions); request.ip honours TRUST_PROXY. */
+function sessionClient(request: FastifyRequest): { userAgent: string | undefined; ip: string } {
+  return { userAgent: request.headers['user-agent'], ip: request.ip }
+}
+
 function tokenResponse(issued: { accessToken: string; refreshToken: string; expiresIn: number; scope: string }) {
   return {
     access_token: issued.accessToken,
@@ -317,21 +402,5 @@ function tokenResponse(issued: { accessToken: string; refreshToken: string; expi
     expires_in: issued.expiresIn,
     refresh_token: issued.refreshToken,
     scope: issued.scope,
-  }
-}
-
-/**
- * preValidation for the OAuth form endpoints: RFC 6749 §3.2 says a parameter sent without a value
- * is omitted, and that no parameter may appear twice (the form parser turns a repeated one into an
- * array). `extra` runs next, so that e.g. an unsupported grant_type is reported first.
- */
-function formChecks(fields: string[], extra?: (body: Record<string, unknown>) => void) {
-  return async function checkForm(request: FastifyRequest): Promise<void> {
-    const body = request.body as Record<string, unknown>
-    for (const field of fields) {
-      if (body[field] === '') delete body[field]
-      if (Array.isArray(body[field])) throw new OAuthError('invalid_request', `Parameter '${field}' is repeated`)
-    }
-    extra?.(body)
   }
 }

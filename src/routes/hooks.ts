@@ -1,6 +1,6 @@
 // Small route-level hooks shared by several routes.
 import type { FastifyRequest } from 'fastify'
-import { UnsupportedMediaTypeError } from '../errors.js'
+import { OAuthError, UnsupportedMediaTypeError } from '../errors.js'
 
 export interface MediaTypeOptions {
   /**
@@ -48,3 +48,19 @@ export const BEARER_SECURITY = [{ OAuth2PasswordBearer: [] }]
 /** A public route says so (OpenAPI: an empty list of requirements), rather than saying nothing. */
 export const PUBLIC_SECURITY: Record<string, string[]>[] = []
 export const ADMIN_SECURITY = [{ OAuth2PasswordBearer: ['admin'] }]
+
+/**
+ * preValidation for the OAuth form endpoints: RFC 6749 §3.2 says a parameter sent without a value
+ * is omitted, and that no parameter may appear twice (the form parser turns a repeated one into an
+ * array). `extra` runs next, so that e.g. an unsupported grant_type is reported first.
+ */
+export function formChecks(fields: readonly string[], extra?: (body: Record<string, unknown>) => void) {
+  return async function checkForm(request: FastifyRequest): Promise<void> {
+    const body = request.body as Record<string, unknown>
+    for (const field of fields) {
+      if (body[field] === '') delete body[field]
+      if (Array.isArray(body[field])) throw new OAuthError('invalid_request', `Parameter '${field}' is repeated`)
+    }
+    extra?.(body)
+  }
+}

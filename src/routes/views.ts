@@ -13,6 +13,7 @@ export function toPublic(user: UserRecord): UserPublic {
   }
 }
 
-export function toAdminView(user: UserRecord): UserAdminView {
-  return { ...toPublic(user), roles: [...user.roles], disabled: user.disabled }
+/** `mfaEnabled`: whether the user's second factor is active (false when MFA is off on this server). */
+export function toAdminView(user: UserRecord, mfaEnabled: boolean): UserAdminView {
+  return { ...toPublic(user), roles: [...user.roles], disabled: user.disabled, mfa_enabled: mfaEnabled }
 }

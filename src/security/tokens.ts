@@ -3,10 +3,10 @@
 //
 // Every token has a purpose. A purpose fixes the JOSE header `typ` and the audience (`aud`), and
 // the verifier of a purpose demands both, so a token minted for one purpose is refused by every
-// other (RFC 8725 §3.11 and §3.12: explicit typing and audience per kind of token). Today there is
-// one purpose, the access token (RFC 9068). A short-lived single-purpose token (an MFA step, an
-// e-mail verification, a password reset) is added as one more entry of PURPOSES, with its own
-// claims type in TokenClaims, its own `typ` and its own audience.
+// other (RFC 8725 §3.11 and §3.12: explicit typing and audience per kind of token). Two purposes:
+// the access token (RFC 9068) and the MFA token, which carries a password grant that was right
+// over to its second step (services/mfa.ts). Another single-purpose token is one more entry of
+// PURPOSES, with its own claims type in TokenClaims, its own `typ` and its own audience.
 //
 // fast-jwt is used directly: it is the library that @fastify/jwt wraps (same signer and verifier,
 // same options), without the Fastify plugin around it, which this layer must not depend on.
@@ -38,9 +38,24 @@ export interface AccessClaims extends RegisteredClaims {
   ver: number
 }
 
+/**
+ * The claims of an MFA token (header typ "mfa+jwt"): the password of `sub` was right, a second
+ * factor is due. Never an access token: its own `typ` and audience, refused everywhere else.
+ */
+export interface MfaClaims extends RegisteredClaims {
+  /** The scope the password grant was granted, issued once the second factor is given. */
+  scope: string
+  /** The account's token generation when issued: a password change or a disable voids the token. */
+  ver: number
+}
+
+/** How long an MFA token lives: the time to open an authenticator app and type a code. */
+export const MFA_TOKEN_TTL_SECONDS = 300
+
 /** The claims of each token purpose. */
 export interface TokenClaims {
   access: AccessClaims
+  mfa: MfaClaims
 }
 
 export type TokenPurpose = keyof TokenClaims
@@ -73,6 +88,15 @@ const PURPOSES: { readonly [P in TokenPurpose]: PurposeSpec<TokenClaims[P]> } = 
     check: (c) =>
       typeof c.scope === 'string' && typeof c.sid === 'string' && c.sid.length > 0 && Number.isSafeInteger(c.ver),
     cached: true,
+  },
+  mfa: {
+    typ: 'mfa+jwt',
+    audience: (jwt) => `${jwt.issuer}#mfa`,
+    ttlSeconds: () => MFA_TOKEN_TTL_SECONDS,
+    claims: ['scope', 'ver'],
+    check: (c) => typeof c.scope === 'string' && Number.isSafeInteger(c.ver),
+    // Presented once or a few times, and each use is checked against the store anyway.
+    cached: false,
   },
 }
 

@@ -6,9 +6,11 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import { Mailer } from '../mail/mailer.js'
 import type { Metrics } from '../metrics.js'
+import { MfaCipher } from '../security/mfa.js'
 import { PasswordHasher } from '../security/password.js'
 import { TokenService } from '../security/tokens.js'
 import type { Stores } from '../store/index.js'
+import { MfaService } from './mfa.js'
 import { RecoveryService } from './recovery.js'
 import { SessionService } from './sessions.js'
 import { LoginThrottle } from './throttle.js'
@@ -26,6 +28,8 @@ export interface Services {
   mailer: Mailer
   /** Password reset, e-mail verification and e-mail change (services/recovery.ts). */
   recovery: RecoveryService
+  /** The second factor (services/mfa.ts); undefined when MFA is off (config.mfa.keySource 'off'). */
+  mfa: MfaService | undefined
   /**
    * Stops the background work: the sweep, the recovery work already started (awaited), and the
    * mail queue (undelivered mail is dropped, logged).
@@ -41,8 +45,8 @@ export interface ServiceOptions {
   /** What the hash gate and token verification count. */
   metrics: Metrics
   /**
-   * The clock of one-time token lifetimes (password reset, e-mail verification), in milliseconds
-   * since the epoch; Date.now by default. Tests pass one they can move forward.
+   * The clock of one-time token lifetimes (password reset, e-mail verification) and of TOTP codes,
+   * in milliseconds since the epoch; Date.now by default. Tests pass one they can move forward.
    */
   clock?: () => number
 }
@@ -52,7 +56,7 @@ const SWEEP_INTERVAL_MS = 3_600_000
 /** Builds every service over the opened stores (see ServiceOptions). */
 export function createServices(
   config: Config,
-  stores: Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters' | 'oneTimeTokens'>,
+  stores: Pick<Stores, 'users' | 'sessions' | 'denylist' | 'counters' | 'oneTimeTokens' | 'mfa'>,
   { audit, log, metrics, clock = Date.now }: ServiceOptions,
 ): Services {
   const hasher = new PasswordHasher({
@@ -75,7 +79,7 @@ export function createServices(
     config.recovery.requireVerifiedEmail,
   )
   const throttle = new LoginThrottle(stores.counters, config.throttle)
-  const users = new UserService(
+  const users: UserService = new UserService(
     stores.users,
     hasher,
     throttle,
@@ -89,7 +93,14 @@ export function createServices(
       events: {
         registered: (user) => recovery.registered(user),
         passwordChanged: (user) => recovery.passwordChanged(user),
+        deleted: (userId) => {
+          mfa
+            ?.forget(userId)
+            .catch((err: unknown) => log.warn({ err: (err as Error).message }, 'MFA record not removed'))
+        },
       },
+      // `mfa` is built below, like `recovery`.
+      secondFactorRequired: async (user): Promise<boolean> => (mfa ? mfa.required(user) : false),
     },
   )
 
@@ -108,6 +119,23 @@ export function createServices(
     now: clock,
   })
 
+  const mfa: MfaService | undefined =
+    config.mfa.keySource === 'off'
+      ? undefined
+      : new MfaService({
+          store: stores.mfa,
+          users: stores.users,
+          accounts: users,
+          sessions,
+          tokens,
+          counters: stores.counters,
+          throttle,
+          cipher: new MfaCipher(config.mfa.keys.map((hex) => Buffer.from(hex, 'hex'))),
+          issuer: config.mfa.issuer,
+          audit,
+          now: clock,
+        })
+
   // Refresh families past their absolute lifetime can never work again: forget them; and the
   // password-reset and verification tokens that have expired.
   const sweep = setInterval(() => {
@@ -123,6 +151,7 @@ export function createServices(
     users,
     mailer,
     recovery,
+    mfa,
     close: async () => {
       clearInterval(sweep)
       await recovery.close()

@@ -2,9 +2,9 @@
 // tokens and sessions (RFC 6749 §6 and §10.4, RFC 9700 §4.14, RFC 7009).
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { Config } from '../config.js'
-import { emailNotVerified, InvalidTokenError, OAuthError, ReuseDetectedError } from '../errors.js'
+import { emailNotVerified, InvalidTokenError, NotFoundError, OAuthError, ReuseDetectedError } from '../errors.js'
 import type { AccessClaims, TokenService } from '../security/tokens.js'
-import type { DenyList, NewRefreshToken, RefreshTokenRecord, SessionStore } from '../store/sessions.js'
+import type { ClientInfo, DenyList, NewRefreshToken, RefreshTokenRecord, SessionStore } from '../store/sessions.js'
 import type { UserRecord, UserStore } from '../store/users.js'
 import { refreshScope } from './scopes.js'
 
@@ -18,9 +18,74 @@ export interface IssuedTokens {
   graceReissue?: boolean
 }
 
+/**
+ * Who is asking for tokens, as the HTTP edge knows it: the User-Agent header and the client address
+ * (request.ip). Either may be missing. Recorded on the session, for its user to tell sessions apart.
+ */
+export interface SessionClient {
+  userAgent?: string
+  ip?: string
+}
+
+/** One of a user's live sessions, as list() returns it. Holds no token. */
+export interface SessionSummary {
+  /** The session id: the `sid` of its access tokens. */
+  id: string
+  createdAt: Date
+  /** When it last got tokens (its login, or its latest refresh). */
+  lastUsedAt: Date
+  /** When it ends unless refreshed before: its refresh token's expiry, capped by its absolute lifetime. */
+  expiresAt: Date
+  /** The User-Agent of the request that last got tokens (at most 256 characters), or null. */
+  userAgent: string | null
+  /** The client address of that request, or null. */
+  ip: string | null
+  /** True for the session named by `currentSid` (the caller's own). */
+  current: boolean
+}
+
+/** The longest User-Agent a session keeps, in UTF-16 code units: enough to tell browsers apart. */
+const USER_AGENT_MAX_LENGTH = 256
+/** The longest client address kept: an IPv6 address with a zone fits (they are at most ~50). */
+const IP_MAX_LENGTH = 64
+
+/**
+ * A header value as a session keeps it: control characters dropped (PostgreSQL text cannot hold
+ * NUL, and the value is shown to people), cut to `max` code units without splitting a surrogate
+ * pair, and null when nothing is left.
+ */
+function clientText(value: string | undefined, max: number): string | null {
+  if (value === undefined) return null
+  let text = value.replace(/\p{Cc}/gu, '')
+  if (text.length > max) {
+    const cut = /[\uD800-\uDBFF]/.test(text.charAt(max - 1)) ? max - 1 : max
+    text = text.slice(0, cut)
+  }
+  return text === '' ? null : text
+}
+
+/** The client info the store records, at `at` (ms since the epoch). */
+function clientInfo(client: SessionClient | undefined, at: number): ClientInfo {
+  return {
+    userAgent: clientText(client?.userAgent, USER_AGENT_MAX_LENGTH),
+    ip: clientText(client?.ip, IP_MAX_LENGTH),
+    at: new Date(at),
+  }
+}
+
 /** Refresh tokens are opaque: a prefix (so scanners and humans can tell them apart) and 256 random bits. */
 const REFRESH_PREFIX = 'rt_'
+const REFRESH_MAX_LENGTH = 128
 const hashToken = (token: string) => createHash('sha256').update(token).digest('base64url')
+
+/**
+ * The store key of something presented as a refresh token: the base64url SHA-256 it is stored
+ * under, or undefined when it cannot be one of ours (no `rt_` prefix, longer than 128 characters),
+ * so that it is not even looked up. For refresh() and for introspection alike.
+ */
+export function refreshTokenKey(token: string): string | undefined {
+  return token.startsWith(REFRESH_PREFIX) && token.length <= REFRESH_MAX_LENGTH ? hashToken(token) : undefined
+}
 
 /** Denylist keys: an access token by its jti, a session by its family id. */
 const deniedToken = (jti: string) => `j:${jti}`
@@ -72,11 +137,15 @@ export class SessionService {
     return { accessToken: token, claims }
   }
 
-  /** A new session for a user who just proved their password. */
-  async start(user: UserRecord, scope: string): Promise<IssuedTokens> {
+  /**
+   * A new session for a user who just proved their password. `client` (the User-Agent and address
+   * of the login request) is recorded on it for list(); without it the session shows neither.
+   */
+  async start(user: UserRecord, scope: string, client?: SessionClient): Promise<IssuedTokens> {
     const now = Date.now()
     const familyId = randomUUID()
     const refreshToken = REFRESH_PREFIX + randomBytes(32).toString('base64url')
+    const { userAgent, ip } = clientInfo(client, now)
     await this.sessions.createFamily(
       {
         id: familyId,
@@ -84,6 +153,9 @@ export class SessionService {
         scope,
         createdAt: new Date(now),
         absoluteExpiresAt: new Date(now + this.jwt.refreshAbsoluteTtlSeconds * 1000),
+        lastUsedAt: new Date(now),
+        userAgent,
+        ip,
       },
       {
         hash: hashToken(refreshToken),
@@ -105,11 +177,19 @@ export class SessionService {
    * nothing is revoked. The same when rotate() loses a race against a refresh with the same token.
    * Every other check (lifetimes, user, scope) applies as to any refresh. A second reuse, or one
    * after the grace, revokes the family as above.
+   *
+   * A refresh that succeeds (grace re-issues included) records `client` on the session as its last
+   * use (lastUsedAt now; userAgent and ip as given, null when not).
    */
-  async refresh(refreshToken: string, requestedScope: string | undefined): Promise<IssuedTokens> {
+  async refresh(
+    refreshToken: string,
+    requestedScope: string | undefined,
+    client?: SessionClient,
+  ): Promise<IssuedTokens> {
     const invalid = () => new OAuthError('invalid_grant', 'Invalid refresh token')
-    if (!refreshToken.startsWith(REFRESH_PREFIX) || refreshToken.length > 128) throw invalid()
-    const found = await this.sessions.findToken(hashToken(refreshToken))
+    const key = refreshTokenKey(refreshToken)
+    if (key === undefined) throw invalid()
+    const found = await this.sessions.findToken(key)
     if (!found) throw invalid()
     const { token, family } = found
     const now = Date.now()
@@ -136,11 +216,12 @@ export class SessionService {
       hash: hashToken(next),
       expiresAt: this.#refreshExpiry(now, family.absoluteExpiresAt.getTime()),
     }
+    const used = clientInfo(client, now)
     // Not rotated when read but rotate() says false: a concurrent refresh with the same token
     // rotated it a moment ago, which is the grace case too (or the family was just revoked, which
     // the grace refuses as well).
-    const graceReissue = token.rotated || !(await this.sessions.rotate(family.id, token.hash, nextRecord))
-    if (graceReissue && !(await this.#reissueWithinGrace(family.id, token.hash, nextRecord))) throw await reuse()
+    const graceReissue = token.rotated || !(await this.sessions.rotate(family.id, token.hash, nextRecord, used))
+    if (graceReissue && !(await this.#reissueWithinGrace(family.id, token.hash, nextRecord, used))) throw await reuse()
     const { accessToken, claims } = this.#issueAccessToken(user, scope, family.id)
     return {
       accessToken,
@@ -197,14 +278,70 @@ export class SessionService {
   }
 
   /**
+   * The user's live sessions (SessionStore.listActive: not revoked, within their absolute lifetime,
+   * with a refresh token that still works), newest first. `current` is true for the one whose id is
+   * `currentSid` (the `sid` of the caller's access token), false for every other, and for all of
+   * them when `currentSid` is omitted (an admin looking). Empty for an unknown user.
+   */
+  async list(userId: string, currentSid?: string): Promise<SessionSummary[]> {
+    const active = await this.sessions.listActive(userId, new Date())
+    return active.map((session) => ({
+      id: session.id,
+      createdAt: session.createdAt,
+      lastUsedAt: session.lastUsedAt,
+      expiresAt: session.expiresAt,
+      userAgent: session.userAgent,
+      ip: session.ip,
+      current: session.id === currentSid,
+    }))
+  }
+
+  /**
+   * Ends one of the user's sessions, as logout does: its refresh tokens stop working, and so does
+   * every access token it issued, at once on every instance (the denylist, by `sid`).
+   * NotFoundError('Session') (404) unless `sid` is one of the user's live sessions (list()): another
+   * user's session is not found either, so that an id tells nothing about whose it is.
+   */
+  async endSession(userId: string, sid: string): Promise<void> {
+    const active = await this.sessions.listActive(userId, new Date())
+    if (!active.some((session) => session.id === sid)) throw new NotFoundError('Session')
+    await this.revokeSession(sid)
+  }
+
+  /**
+   * Ends every session of the user except `currentSid` (the caller's own, which keeps working), as
+   * endSession does. Returns how many ended.
+   *
+   * Also those that stopped being live so recently that an access token they issued may still be
+   * valid (past their absolute lifetime, say): the store is asked for the sessions live at the
+   * earliest instant such a token can have been issued, which includes every session live now.
+   */
+  async endOtherSessions(userId: string, currentSid: string): Promise<number> {
+    const since = new Date(Date.now() - (this.jwt.accessTokenTtlSeconds + this.jwt.clockSkewSeconds) * 1000)
+    const others = (await this.sessions.listActive(userId, since)).filter((session) => session.id !== currentSid)
+    await Promise.all(others.map((session) => this.revokeSession(session.id)))
+    return others.length
+  }
+
+  /**
    * Every session of the user ends, and every access token of the generation `tokenVersion`
    * (password change, disable, delete): at once on every instance, through the denylist.
    */
   async endAllSessions(userId: string, tokenVersion: number): Promise<void> {
+    await this.denylist.add(deniedGeneration(userId, tokenVersion), this.#lastAccessExpiry())
+    await this.endSessionsOf(userId)
+  }
+
+  /**
+   * Every session of the user ends, with every access token each one issued (denied by `sid`), at
+   * once on every instance; the account itself is untouched: its generation stays, so that it can
+   * log in again at once. Returns how many sessions ended. An admin ending a user's sessions.
+   */
+  async endSessionsOf(userId: string): Promise<number> {
     const until = this.#lastAccessExpiry()
-    await this.denylist.add(deniedGeneration(userId, tokenVersion), until)
     const ids = await this.sessions.revokeAllForUser(userId)
     await Promise.all(ids.map((id) => this.denylist.add(deniedSession(id), until)))
+    return ids.length
   }
 
   /** Every access token of this generation of the user stops working (roles changed). */
@@ -219,10 +356,15 @@ export class SessionService {
   }
 
   /** The store's atomic re-issue, measured from now; false at once when the grace is off. */
-  async #reissueWithinGrace(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
+  async #reissueWithinGrace(
+    familyId: string,
+    oldHash: string,
+    next: NewRefreshToken,
+    client: ClientInfo,
+  ): Promise<boolean> {
     const graceMs = this.jwt.refreshReuseGraceSeconds * 1000
     if (graceMs === 0) return false
-    return this.sessions.reissueWithinGrace(familyId, oldHash, next, new Date(Date.now() - graceMs))
+    return this.sessions.reissueWithinGrace(familyId, oldHash, next, new Date(Date.now() - graceMs), client)
   }
 
   #refreshExpiry(now: number, absoluteExpiry: number): Date {

@@ -14,6 +14,8 @@ export interface Attempt {
   readonly ipKey: string
   /** This attempt's position in the run of consecutive failures (1 = first). */
   readonly failureNumber: number
+  /** This attempt set the account's lock (it reached the limit first): only then may cancelling lift it. */
+  readonly setLock: boolean
 }
 
 // How long a run of failures is remembered without a success; longer than any lock.
@@ -48,6 +50,7 @@ export class LoginThrottle {
       throw new TooManyAttemptsError(seconds(ipNow.ttlMs), 'address')
     }
     const { value: failureNumber } = await this.counters.incr(accountKey, 1, FAILURE_MEMORY_MS)
+    let setLock = false
     if (failureNumber >= accountMaxFailures) {
       // The attempt that reaches the limit sets the lock before its password is checked (a success
       // lifts it), so that concurrent attempts cannot get past the limit while it runs. Past the
@@ -55,6 +58,7 @@ export class LoginThrottle {
       // (for the next, longer period) stays if this attempt fails too.
       const lockMs = this.lockSeconds(failureNumber) * 1000
       const locked = await this.counters.setIfAbsent(lockKey, lockMs)
+      setLock = locked
       if (!locked && failureNumber > accountMaxFailures) {
         await this.counters.incr(accountKey, -1, FAILURE_MEMORY_MS)
         await this.counters.incr(ipKey, -1, ipWindowSeconds * 1000)
@@ -62,7 +66,7 @@ export class LoginThrottle {
         throw new TooManyAttemptsError(seconds(current?.ttlMs ?? lockMs), 'account')
       }
     }
-    return { accountKey, lockKey, ipKey, failureNumber }
+    return { accountKey, lockKey, ipKey, failureNumber, setLock }
   }
 
   /** The password was right: the account's run of failures ends and the address gets its slot back. */
@@ -78,7 +82,9 @@ export class LoginThrottle {
   async cancelled(attempt: Attempt): Promise<void> {
     await this.counters.incr(attempt.accountKey, -1, FAILURE_MEMORY_MS)
     await this.counters.incr(attempt.ipKey, -1, this.limits.ipWindowSeconds * 1000)
-    if (attempt.failureNumber >= this.limits.accountMaxFailures) await this.counters.delete(attempt.lockKey)
+    // Only a lock this attempt set: one set by a concurrent failure (a wrong code racing a right
+    // password of an account with MFA) must stay.
+    if (attempt.setLock) await this.counters.delete(attempt.lockKey)
   }
 
   /** The password was wrong. Returns true when this failure locked the account. */

@@ -37,12 +37,30 @@ export interface Registration {
 export interface AccountEvents {
   registered?(user: UserRecord): void
   passwordChanged?(user: UserRecord): void
+  /** The account is gone (its second factor goes with it). */
+  deleted?(userId: string): void
 }
 
 export interface UserServiceOptions {
   /** REQUIRE_VERIFIED_EMAIL: the password grant refuses accounts without a verified address (admins exempt). */
   requireVerifiedEmail?: boolean
   events?: AccountEvents
+  /**
+   * Whether the account's password grant needs a second factor (services/mfa.ts); none when
+   * omitted. Asked only once the password was found right.
+   */
+  secondFactorRequired?: (user: UserRecord) => Promise<boolean>
+}
+
+/** A password grant whose password was right. */
+export interface LoginResult {
+  user: UserRecord
+  /**
+   * A second factor is due before any token is issued (MfaService.challenge). The account's run of
+   * failed logins was left as it was: only the second step ends it, so that knowing the password
+   * cannot reset the count of wrong codes.
+   */
+  mfaRequired: boolean
 }
 
 export interface PasswordReset {
@@ -129,9 +147,10 @@ export class UserService {
    * whose hash has another cost than configured is re-hashed in the background. With
    * REQUIRE_VERIFIED_EMAIL, a right password of an account without a verified address (and without
    * the admin role) is then refused with its own invalid_grant: only after the password was
-   * checked, so that it tells nothing to whoever does not know the password.
+   * checked, so that it tells nothing to whoever does not know the password. Then, for an account
+   * with a second factor, `mfaRequired` (see LoginResult).
    */
-  async login(username: string, password: string, ip: string): Promise<UserRecord> {
+  async login(username: string, password: string, ip: string): Promise<LoginResult> {
     const attempt = await this.throttle.begin(username, ip)
     let user: UserRecord | undefined
     let result: Verified
@@ -146,11 +165,20 @@ export class UserService {
       if (await this.throttle.failed(attempt)) this.onLockout(username, ip)
       throw invalidGrant()
     }
-    await this.throttle.succeeded(attempt)
+    let mfaRequired: boolean
+    try {
+      mfaRequired = (await this.options.secondFactorRequired?.(user)) ?? false
+    } catch (err) {
+      await this.throttle.cancelled(attempt)
+      throw err
+    }
+    // With a second factor due, the attempt counts neither way: the second step settles it.
+    if (mfaRequired) await this.throttle.cancelled(attempt)
+    else await this.throttle.succeeded(attempt)
     if (result.needsRehash && !this.#stopped) void this.#rehash(user, result.prepared)
     if (this.options.requireVerifiedEmail && !user.emailVerified && !user.roles.includes('admin'))
       throw emailNotVerified()
-    return user
+    return { user, mfaRequired }
   }
 
   /** For password change and deletion: the account's own password, throttled like a login. */
@@ -221,6 +249,7 @@ export class UserService {
     const user = await this.store.findById(id)
     if (!user || !(await this.store.delete(id, { keepAnAdmin: true }))) throw new NotFoundError()
     await this.sessions.endAllSessions(id, user.tokenVersion)
+    this.options.events?.deleted?.(id)
   }
 
   async get(id: string): Promise<UserRecord> {

@@ -10,6 +10,7 @@ import type { Metrics } from '../metrics.js'
 import { CachedUserStore } from './cache.js'
 import { type CounterStore, FallbackCounterStore, MemoryCounterStore } from './counters.js'
 // pg and ioredis are imported only when configured: together they cost ~300 ms of cold start.
+import { MemoryMfaStore, type MfaStore } from './mfa.js'
 import { type DenyList, MemoryDenyList, MemorySessionStore, type SessionStore } from './sessions.js'
 import { MemoryOneTimeTokenStore, type OneTimeTokenStore } from './tokens.js'
 import { MemoryUserStore, type UserStore } from './users.js'
@@ -19,6 +20,8 @@ export interface Stores {
   sessions: SessionStore
   /** Password-reset and e-mail verification tokens (memory, or PostgreSQL with STORE=postgres). */
   oneTimeTokens: OneTimeTokenStore
+  /** Second factors: sealed TOTP secrets and recovery-code hashes (memory, or PostgreSQL with STORE=postgres). */
+  mfa: MfaStore
   denylist: DenyList
   counters: CounterStore
   /** The Redis client, for @fastify/rate-limit's shared store; undefined without REDIS_URL. */
@@ -40,14 +43,21 @@ export async function openStores(
   let users: UserStore = new MemoryUserStore()
   let sessions: SessionStore = new MemorySessionStore()
   let oneTimeTokens: OneTimeTokenStore = new MemoryOneTimeTokenStore()
+  let mfa: MfaStore = new MemoryMfaStore()
   let denylist: DenyList | undefined
   let counters: CounterStore = new MemoryCounterStore()
   let pool: pg.Pool | undefined
   let redis: Redis | undefined
 
   if (storage.kind === 'postgres') {
-    const { createPgPool, PostgresDenyList, PostgresOneTimeTokenStore, PostgresSessionStore, PostgresUserStore } =
-      await import('./postgres.js')
+    const {
+      createPgPool,
+      PostgresDenyList,
+      PostgresMfaStore,
+      PostgresOneTimeTokenStore,
+      PostgresSessionStore,
+      PostgresUserStore,
+    } = await import('./postgres.js')
     const { prepareSchema, SchemaGate } = await import('./schema-gate.js')
     const where = addressOf(storage.databaseUrl as string)
     // No request may reach a table before the schema is known to match (store/schema-gate.ts).
@@ -75,6 +85,7 @@ export async function openStores(
     users = storage.userCacheTtlMs > 0 ? new CachedUserStore(pgUsers, storage.userCacheTtlMs) : pgUsers
     sessions = new PostgresSessionStore(pool)
     oneTimeTokens = new PostgresOneTimeTokenStore(pool)
+    mfa = new PostgresMfaStore(pool)
     checks.postgres = () => pgUsers.ping()
     if (!storage.redisUrl) denylist = new PostgresDenyList(pool)
   }
@@ -103,7 +114,14 @@ export async function openStores(
 
   // Close the stores first, then the connections they share.
   closers.push(() =>
-    Promise.allSettled([users.close(), sessions.close(), oneTimeTokens.close(), denylist.close(), counters.close()]),
+    Promise.allSettled([
+      users.close(),
+      sessions.close(),
+      oneTimeTokens.close(),
+      mfa.close(),
+      denylist.close(),
+      counters.close(),
+    ]),
   )
   if (redis) {
     const client = redis
@@ -121,6 +139,7 @@ export async function openStores(
     users,
     sessions,
     oneTimeTokens,
+    mfa,
     denylist,
     counters,
     redis,

@@ -1,9 +1,13 @@
-// The PostgreSQL stores: users, refresh-token families and the access-token denylist, behind the
-// same interfaces as the in-memory ones. Every query is parameterised. A database that cannot be
-// reached becomes StoreUnavailableError('postgres') (a quick 503), never a hang or a 500.
+// The PostgreSQL stores: users, refresh-token families, the access-token denylist, one-time tokens
+// and second factors, behind the same interfaces as the in-memory ones. Every query is
+// parameterised. A database that cannot be reached becomes StoreUnavailableError('postgres') (a
+// quick 503), never a hang or a 500.
 import pg from 'pg'
 import { EmailTakenError, LastAdminError, StoreUnavailableError } from '../errors.js'
+import type { MfaRecord, MfaStore, SealedSecret } from './mfa.js'
 import {
+  type ActiveSession,
+  type ClientInfo,
   type DenyList,
   MemoryDenyList,
   type NewRefreshToken,
@@ -406,18 +410,41 @@ export class PostgresUserStore implements UserStore {
 
 // --- refresh-token families --------------------------------------------------------------------
 
-interface TokenRow {
+interface FamilyRow {
+  id: string
+  user_id: string
+  scope: string
+  created_at: Date
+  absolute_expires_at: Date
+  revoked: boolean
+  last_used_at: Date
+  user_agent: string | null
+  ip: string | null
+}
+
+const FAMILY_COLUMNS = 'id, user_id, scope, created_at, absolute_expires_at, revoked, last_used_at, user_agent, ip'
+
+function toFamily(row: FamilyRow): RefreshFamily {
+  return {
+    id: row.id,
+    userId: row.user_id,
+    scope: row.scope,
+    createdAt: row.created_at,
+    absoluteExpiresAt: row.absolute_expires_at,
+    revoked: row.revoked,
+    lastUsedAt: row.last_used_at,
+    userAgent: row.user_agent,
+    ip: row.ip,
+  }
+}
+
+interface TokenRow extends Omit<FamilyRow, 'id'> {
   hash: string
   family_id: string
   expires_at: Date
   rotated: boolean
   rotated_at: Date | null
   grace_used: boolean
-  user_id: string
-  scope: string
-  created_at: Date
-  absolute_expires_at: Date
-  revoked: boolean
 }
 
 /** Locks the family's row until the transaction ends; false when it is unknown or revoked. */
@@ -429,14 +456,25 @@ async function lockLiveFamily(client: pg.PoolClient, familyId: string): Promise<
   return rows[0] !== undefined && !rows[0].revoked
 }
 
-/** Adds a token (not rotated) to a family whose row the transaction has locked; it is the newest. */
-async function addFamilyToken(client: pg.PoolClient, familyId: string, token: NewRefreshToken): Promise<void> {
-  await client.query('INSERT INTO refresh_tokens (hash, family_id, expires_at) VALUES ($1, $2, $3)', [
+/**
+ * Adds a token (not rotated) to a family whose row the transaction has locked; it is the newest.
+ * Records on the family who got it, in the same transaction as the token.
+ */
+async function addFamilyToken(
+  tx: pg.PoolClient,
+  familyId: string,
+  token: NewRefreshToken,
+  { userAgent, ip, at }: ClientInfo,
+): Promise<void> {
+  await tx.query('INSERT INTO refresh_tokens (hash, family_id, expires_at) VALUES ($1, $2, $3)', [
     token.hash,
     familyId,
     token.expiresAt,
   ])
-  await client.query('UPDATE refresh_families SET current_hash = $2 WHERE id = $1', [familyId, token.hash])
+  await tx.query(
+    'UPDATE refresh_families SET current_hash = $2, last_used_at = $3, user_agent = $4, ip = $5 WHERE id = $1',
+    [familyId, token.hash, at, userAgent, ip],
+  )
 }
 
 export class PostgresSessionStore implements SessionStore {
@@ -455,13 +493,25 @@ export class PostgresSessionStore implements SessionStore {
     await query(
       this.#pool,
       `WITH family AS (
-         INSERT INTO refresh_families (id, user_id, scope, created_at, absolute_expires_at, current_hash)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         INSERT INTO refresh_families
+           (id, user_id, scope, created_at, absolute_expires_at, current_hash, last_used_at, user_agent, ip)
+         VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $10)
          RETURNING id
        )
        INSERT INTO refresh_tokens (hash, family_id, expires_at)
        SELECT $6, id, $7 FROM family`,
-      [family.id, family.userId, family.scope, family.createdAt, family.absoluteExpiresAt, token.hash, token.expiresAt],
+      [
+        family.id,
+        family.userId,
+        family.scope,
+        family.createdAt,
+        family.absoluteExpiresAt,
+        token.hash,
+        token.expiresAt,
+        family.lastUsedAt,
+        family.userAgent,
+        family.ip,
+      ],
     )
   }
 
@@ -469,7 +519,7 @@ export class PostgresSessionStore implements SessionStore {
     const { rows } = await query<TokenRow>(
       this.#pool,
       `SELECT t.hash, t.family_id, t.expires_at, t.rotated, t.rotated_at, t.grace_used,
-              f.user_id, f.scope, f.created_at, f.absolute_expires_at, f.revoked
+              f.user_id, f.scope, f.created_at, f.absolute_expires_at, f.revoked, f.last_used_at, f.user_agent, f.ip
        FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
        WHERE t.hash = $1`,
       [hash],
@@ -485,31 +535,24 @@ export class PostgresSessionStore implements SessionStore {
         rotatedAt: row.rotated_at,
         graceUsed: row.grace_used,
       },
-      family: {
-        id: row.family_id,
-        userId: row.user_id,
-        scope: row.scope,
-        createdAt: row.created_at,
-        absoluteExpiresAt: row.absolute_expires_at,
-        revoked: row.revoked,
-      },
+      family: toFamily({ ...row, id: row.family_id }),
     }
   }
 
-  async rotate(familyId: string, oldHash: string, next: NewRefreshToken): Promise<boolean> {
-    return transaction(this.#pool, async (client) => {
+  async rotate(familyId: string, oldHash: string, next: NewRefreshToken, client: ClientInfo): Promise<boolean> {
+    return transaction(this.#pool, async (tx) => {
       // The family's row lock makes concurrent refreshes of one family take turns: the second one
       // finds the token rotated and gets false (then the service tries the reuse grace). The token
       // itself is checked, not current_hash: after a grace re-issue the family has two tokens that
       // may still rotate (migrations/002_refresh_reuse_grace.sql).
-      if (!(await lockLiveFamily(client, familyId))) return false
+      if (!(await lockLiveFamily(tx, familyId))) return false
       // rotated_at on the application's clock, the one the service measures the grace by.
-      const old = await client.query(
+      const old = await tx.query(
         'UPDATE refresh_tokens SET rotated = true, rotated_at = $3 WHERE hash = $1 AND family_id = $2 AND NOT rotated',
         [oldHash, familyId, new Date()],
       )
       if (old.rowCount !== 1) return false
-      await addFamilyToken(client, familyId, next)
+      await addFamilyToken(tx, familyId, next, client)
       return true
     })
   }
@@ -519,24 +562,56 @@ export class PostgresSessionStore implements SessionStore {
     oldHash: string,
     next: NewRefreshToken,
     rotatedAfter: Date,
+    client: ClientInfo,
   ): Promise<boolean> {
-    return transaction(this.#pool, async (client) => {
+    return transaction(this.#pool, async (tx) => {
       // The same lock as rotate(): re-issues, rotations and revocations of one family take turns,
       // and of two concurrent re-issues of one token the second finds grace_used and gets false.
-      if (!(await lockLiveFamily(client, familyId))) return false
-      const old = await client.query(
+      if (!(await lockLiveFamily(tx, familyId))) return false
+      const old = await tx.query(
         `UPDATE refresh_tokens SET grace_used = true
          WHERE hash = $1 AND family_id = $2 AND rotated AND NOT grace_used AND rotated_at >= $3`,
         [oldHash, familyId, rotatedAfter],
       )
       if (old.rowCount !== 1) return false
-      await addFamilyToken(client, familyId, next)
+      await addFamilyToken(tx, familyId, next, client)
       return true
     })
   }
 
   async revokeFamily(familyId: string): Promise<void> {
     await query(this.#pool, 'UPDATE refresh_families SET revoked = true WHERE id = $1', [familyId])
+  }
+
+  async findFamily(id: string): Promise<RefreshFamily | undefined> {
+    const { rows } = await query<FamilyRow>(
+      this.#pool,
+      `SELECT ${FAMILY_COLUMNS} FROM refresh_families WHERE id = $1`,
+      [id],
+    )
+    return rows[0] && toFamily(rows[0])
+  }
+
+  async listActive(userId: string, now: Date): Promise<ActiveSession[]> {
+    if (!isUuid(userId)) return []
+    // One row per family (GROUP BY its primary key) that has a live token; the refresh_families
+    // user_id index and the refresh_tokens family_id index serve it. id COLLATE "C": the order of
+    // equal created_at is byte order, the one the in-memory store sorts by.
+    const { rows } = await query<Omit<FamilyRow, 'revoked'> & { expires_at: Date }>(
+      this.#pool,
+      `SELECT f.id, f.user_id, f.scope, f.created_at, f.absolute_expires_at, f.last_used_at, f.user_agent, f.ip,
+              LEAST(f.absolute_expires_at, max(t.expires_at)) AS expires_at
+       FROM refresh_families f JOIN refresh_tokens t ON t.family_id = f.id
+       WHERE f.user_id = $1 AND NOT f.revoked AND f.absolute_expires_at > $2
+         AND NOT t.rotated AND t.expires_at > $2
+       GROUP BY f.id
+       ORDER BY f.created_at DESC, f.id COLLATE "C" DESC`,
+      [userId, now],
+    )
+    return rows.map((row) => {
+      const { revoked: _r, ...session } = toFamily({ ...row, revoked: false })
+      return { ...session, expiresAt: row.expires_at }
+    })
   }
 
   async revokeAllForUser(userId: string): Promise<string[]> {
@@ -786,6 +861,191 @@ export class PostgresOneTimeTokenStore implements OneTimeTokenStore {
   async sweep(now: Date): Promise<number> {
     const { rowCount } = await query(this.#pool, 'DELETE FROM one_time_tokens WHERE expires_at <= $1', [now])
     return rowCount ?? 0
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsPool) await this.#pool.end()
+  }
+}
+
+// --- second factors (TOTP) ---------------------------------------------------------------------
+
+interface MfaRow {
+  user_id: string
+  key_id: string
+  secret: string
+  active: boolean
+  // bigint: pg returns it as a string (it may not fit a double); steps always do.
+  last_step: string
+  created_at: Date
+  codes_left: number
+}
+
+function toMfaRecord(row: MfaRow): MfaRecord {
+  return Object.freeze({
+    userId: row.user_id,
+    secret: Object.freeze({ keyId: row.key_id, ciphertext: row.secret }),
+    active: row.active,
+    lastStep: Number(row.last_step),
+    recoveryCodesLeft: row.codes_left,
+    createdAt: row.created_at,
+  })
+}
+
+/** Adds recovery codes to a user's factor; a hash given twice is one code, as in the in-memory store. */
+async function addRecoveryCodes(client: pg.PoolClient, userId: string, codeHashes: readonly string[]): Promise<void> {
+  if (codeHashes.length === 0) return
+  await client.query(
+    `INSERT INTO mfa_recovery_codes (user_id, code_hash)
+     SELECT $1, unnest($2::text[])
+     ON CONFLICT DO NOTHING`,
+    [userId, [...codeHashes]],
+  )
+}
+
+/**
+ * The mfa_totp and mfa_recovery_codes tables (migrations/004). Each check and its write are one
+ * statement, or one transaction holding the factor's row lock, so that instances racing on one
+ * account (two logins with one code, an enrolment and its confirmation) get one winner.
+ */
+export class PostgresMfaStore implements MfaStore {
+  readonly #pool: pg.Pool
+  readonly #ownsPool: boolean
+
+  /** A pool (shared; the caller ends it) or a URL (a pool of its own, ended by close()). */
+  constructor(pool: pg.Pool | string) {
+    const { pool: p, owned } = openPool(pool)
+    this.#pool = p
+    this.#ownsPool = owned
+  }
+
+  /** The factor and how many recovery codes it has left, read in one statement (one snapshot). */
+  async get(userId: string): Promise<MfaRecord | undefined> {
+    if (!isUuid(userId)) return undefined
+    const { rows } = await query<MfaRow>(
+      this.#pool,
+      `SELECT t.user_id, t.key_id, t.secret, t.active, t.last_step, t.created_at,
+         (SELECT count(*) FROM mfa_recovery_codes c WHERE c.user_id = t.user_id)::int AS codes_left
+       FROM mfa_totp t WHERE t.user_id = $1`,
+      [userId],
+    )
+    return rows[0] && toMfaRecord(rows[0])
+  }
+
+  /**
+   * One statement: the upsert's WHERE leaves an active factor alone (no row comes back), and a
+   * confirmation racing with it either commits first (then this finds the row active) or waits for
+   * this row lock (then its ciphertext no longer matches). A pending factor has no codes; the
+   * delete makes sure none survive a restarted enrolment.
+   */
+  async setPending(userId: string, secret: SealedSecret, now: Date): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    try {
+      const { rows } = await query<{ user_id: string }>(
+        this.#pool,
+        `WITH pending AS (
+           INSERT INTO mfa_totp (user_id, key_id, secret, active, last_step, created_at)
+           VALUES ($1, $2, $3, false, -1, $4)
+           ON CONFLICT (user_id) DO UPDATE SET
+             key_id = EXCLUDED.key_id, secret = EXCLUDED.secret, last_step = -1, created_at = EXCLUDED.created_at
+           WHERE mfa_totp.active = false
+           RETURNING user_id
+         ), cleared AS (
+           DELETE FROM mfa_recovery_codes WHERE user_id IN (SELECT user_id FROM pending)
+         )
+         SELECT user_id FROM pending`,
+        [userId, secret.keyId, secret.ciphertext, now],
+      )
+      return rows.length === 1
+    } catch (err) {
+      // foreign_key_violation: the account does not exist (or was deleted meanwhile).
+      if ((err as { code?: unknown }).code === '23503') return false
+      throw err
+    }
+  }
+
+  /**
+   * The conditional UPDATE takes the row lock: a concurrent setPending or activate waits for this
+   * transaction, then finds the row active. The codes go in with it, so an active factor is never
+   * seen without them.
+   */
+  async activate(userId: string, ciphertext: string, step: number, codeHashes: readonly string[]): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    return transaction(this.#pool, async (client) => {
+      const { rowCount } = await client.query(
+        `UPDATE mfa_totp SET active = true, last_step = $3
+         WHERE user_id = $1 AND NOT active AND secret = $2
+         RETURNING user_id`,
+        [userId, ciphertext, step],
+      )
+      if (rowCount !== 1) return false
+      await addRecoveryCodes(client, userId, codeHashes)
+      return true
+    })
+  }
+
+  /**
+   * One conditional UPDATE: of two requests with one code, the second waits for the first's row
+   * lock, then re-checks `last_step < $2` against the committed step and changes nothing.
+   */
+  async useStep(userId: string, step: number): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    const { rowCount } = await query(
+      this.#pool,
+      'UPDATE mfa_totp SET last_step = $2 WHERE user_id = $1 AND active AND last_step < $2',
+      [userId, step],
+    )
+    return rowCount === 1
+  }
+
+  /** A DELETE of the code's row: a concurrent spend of the same code waits, then finds it gone. */
+  async useRecoveryCode(userId: string, codeHash: string): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    const { rowCount } = await query(
+      this.#pool,
+      `DELETE FROM mfa_recovery_codes c USING mfa_totp t
+       WHERE c.user_id = $1 AND c.code_hash = $2 AND t.user_id = c.user_id AND t.active`,
+      [userId, codeHash],
+    )
+    return rowCount === 1
+  }
+
+  /**
+   * Locks the active factor first, so that a concurrent delete or replacement takes its turn: the
+   * new codes never land beside another call's, nor on a factor deleted meanwhile.
+   */
+  async replaceRecoveryCodes(userId: string, codeHashes: readonly string[]): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    return transaction(this.#pool, async (client) => {
+      const { rowCount } = await client.query('SELECT 1 FROM mfa_totp WHERE user_id = $1 AND active FOR UPDATE', [
+        userId,
+      ])
+      if (rowCount !== 1) return false
+      await client.query('DELETE FROM mfa_recovery_codes WHERE user_id = $1', [userId])
+      await addRecoveryCodes(client, userId, codeHashes)
+      return true
+    })
+  }
+
+  /** The codes go with the factor (ON DELETE CASCADE). */
+  async delete(userId: string): Promise<boolean> {
+    if (!isUuid(userId)) return false
+    const { rowCount } = await query(this.#pool, 'DELETE FROM mfa_totp WHERE user_id = $1', [userId])
+    return (rowCount ?? 0) > 0
+  }
+
+  /** Ids that are not UUIDs cannot have a factor, and would fail the uuid[] cast: they are left out. */
+  async activeAmong(userIds: readonly string[]): Promise<Set<string>> {
+    const ids = userIds.filter(isUuid)
+    if (ids.length === 0) return new Set()
+    const { rows } = await query<{ user_id: string }>(
+      this.#pool,
+      'SELECT user_id FROM mfa_totp WHERE active AND user_id = ANY($1::uuid[])',
+      [ids],
+    )
+    // The caller's spelling of each id (PostgreSQL gives uuids back in lower case).
+    const active = new Set(rows.map((row) => row.user_id))
+    return new Set(ids.filter((id) => active.has(id.toLowerCase())))
   }
 
   async close(): Promise<void> {
