@@ -70,10 +70,17 @@ async function open(env: Env = {}): Promise<FastifyInstance> {
   return app
 }
 
-async function metadata(app: FastifyInstance, headers: Record<string, string> = {}): Promise<JsonBody> {
+/** Cacheable for an hour when built on PUBLIC_URL; never when built from the request's Host. */
+const CACHEABLE = 'public, max-age=3600'
+
+async function metadata(
+  app: FastifyInstance,
+  headers: Record<string, string> = {},
+  cache = app.config.mail.publicUrlSet ? CACHEABLE : 'no-store',
+): Promise<JsonBody> {
   const res = await app.inject({ method: 'GET', url: PATH, headers })
   expect(res.statusCode, res.body).toBe(200)
-  expect(res.headers['cache-control']).toBe('public, max-age=3600')
+  expect(res.headers['cache-control']).toBe(cache)
   expect(res.headers.pragma).toBeUndefined()
   expect(res.headers['content-type']).toBe('application/json; charset=utf-8')
   return res.json()
@@ -87,15 +94,16 @@ describe('GET /.well-known/oauth-authorization-server', () => {
     }
   })
 
-  it('takes the origin of the request without PUBLIC_URL (development and test), and its URLs work', async () => {
+  it('takes the origin of the request without PUBLIC_URL (development and test), never cacheable then, and its URLs work', async () => {
     const dev = await open({ NODE_ENV: 'development' })
+    // no-store: a shared cache must not keep a document built from a Host header someone forged.
     expect(await metadata(dev, { host: 'localhost:5173' })).toEqual(expected('http://localhost:5173'))
 
     const app = await open()
     const base = await listen(app)
     const res = await fetch(`${base}${PATH}`)
     expect(res.status).toBe(200)
-    expect(res.headers.get('cache-control')).toBe('public, max-age=3600')
+    expect(res.headers.get('cache-control')).toBe('no-store')
     const body = await readJson(res)
     expect(body).toEqual(expected(base))
     // A client that knows only this document registers, logs in and finds the keys.
@@ -173,7 +181,7 @@ describe('GET /.well-known/oauth-authorization-server', () => {
   })
 
   it('is documented, with its Cache-Control; HEAD answers like GET and other methods 405', async () => {
-    const app = await open()
+    const app = await open({ PUBLIC_URL: 'https://auth.example.com' })
     const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
     const op = doc.paths[PATH].get
     expect(op.responses['200'].headers['Cache-Control'].description).toMatch(/public, max-age=3600/)

@@ -428,6 +428,17 @@ function introspectionSuite(open: Open): void {
         expect(text).not.toContain(secret)
     })
 
+    it('counts refused client credentials in the address budget of failed credentials: 429 past LOGIN_IP_MAX_FAILURES', async () => {
+      const app = await open({ LOGIN_IP_MAX_FAILURES: '3' })
+      for (let i = 0; i < 3; i++)
+        expectInvalidClient(await introspect(app, { token: 'garbage' }, basic(CLIENT_ID, `wrong${i}`)))
+      // Even the right secret is not compared now: secrets cannot be guessed in bulk from one address.
+      const over = await introspect(app, { token: 'garbage' })
+      expect(over.statusCode).toBe(429)
+      expect(over.json()).toEqual(oauthError('temporarily_unavailable', 'Too many failed attempts; try again later'))
+      expect(Number(over.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    })
+
     it('caps requests per client: 429 past INTROSPECTION_RATE_LIMIT_PER_MINUTE, other clients unaffected', async () => {
       const app = await open({ INTROSPECTION_RATE_LIMIT_PER_MINUTE: '3' })
       for (let i = 0; i < 3; i++) expect((await introspect(app, { token: 'garbage' })).statusCode).toBe(200)

@@ -579,11 +579,14 @@ function mfaFlows(open: Open): void {
     it('is refused once expired, even signed with the right key (a forged one that is not expired works)', async () => {
       const h = await open()
       const e = await enrolled(h)
+      // The factor a real mfa_token names (its enrolment time), so that the forged ones differ from
+      // a real one only where each says.
+      const { fct } = decodeClaims(await mfaToken(h.app, e.username))
       // The shape of the server's own mfa_token (header typ, audience, claims), by hand.
       const mfaShape = (iat: number) =>
         forgeToken(h.app, e.id, {
           header: { typ: 'mfa+jwt' },
-          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 0, sid: undefined, iat, exp: iat + 300 },
+          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 0, fct, sid: undefined, iat, exp: iat + 300 },
         })
       // Expired well past the clock skew.
       const expired = await otpGrant(h.app, mfaShape(nowSeconds() - 600), totpAt(e.secret, h.clock.now))
@@ -593,11 +596,16 @@ function mfaFlows(open: Open): void {
       for (const forged of [
         forgeToken(h.app, randomUUID(), {
           header: { typ: 'mfa+jwt' },
-          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 0, sid: undefined },
+          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 0, fct, sid: undefined },
         }),
         forgeToken(h.app, e.id, {
           header: { typ: 'mfa+jwt' },
-          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 1, sid: undefined },
+          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 1, fct, sid: undefined },
+        }),
+        // Of another enrolment of this account.
+        forgeToken(h.app, e.id, {
+          header: { typ: 'mfa+jwt' },
+          claims: { aud: `${ISSUER}#mfa`, scope: 'user', ver: 0, fct: fct - 1, sid: undefined },
         }),
       ]) {
         const res = await otpGrant(h.app, forged, totpAt(e.secret, h.clock.now))
@@ -715,6 +723,75 @@ function mfaFlows(open: Open): void {
         expect((await otpGrant(h.app, next, wrongCodeAt(e.secret, h.clock.now))).json()).toEqual(INVALID_OTP)
       h.tick()
       await expectTokens(h.app, await otpGrant(h.app, next, totpAt(e.secret, h.clock.now)), e.id)
+    })
+  })
+
+  describe('guessing through the MFA routes', () => {
+    const LOCKED_JSON = { detail: 'Too many failed login attempts; try again later' }
+    const limits = { LOGIN_MAX_FAILURES: '3', LOGIN_LOCKOUT_SECONDS: '30' }
+
+    it('counts wrong codes at confirm toward the lockout: a stolen access token cannot guess its way into a pending enrolment', async () => {
+      const h = await open(limits)
+      const acc = await newAccount(h.app)
+      const { secret } = (await enrol(h.app, acc.token)).json<{ secret: string }>()
+      for (let i = 0; i < 3; i++) {
+        const res = await confirm(h.app, acc.token, wrongCodeAt(secret, h.clock.now))
+        expectStatus(res, 400)
+        expect(res.json()).toEqual(INVALID_CODE)
+      }
+      const locked = await confirm(h.app, acc.token, totpAt(secret, h.clock.now))
+      expectStatus(locked, 429)
+      expect(locked.json()).toEqual(LOCKED_JSON)
+      expect((await mfaStatus(h.app, acc.token)).json()).toEqual({ totp: false, recovery_codes_left: 0 })
+    })
+
+    it('lets a pending enrolment expire after 15 minutes', async () => {
+      const h = await open()
+      const acc = await newAccount(h.app)
+      const { secret } = (await enrol(h.app, acc.token)).json<{ secret: string }>()
+      h.tick(31)
+      const res = await confirm(h.app, acc.token, totpAt(secret, h.clock.now))
+      expectStatus(res, 409)
+      expect(res.json()).toEqual({ detail: 'No multi-factor enrolment is pending' })
+    })
+
+    it('counts a wrong code with the right password at DELETE /users/me/mfa as a failed login', async () => {
+      const h = await open(limits)
+      const e = await enrolled(h)
+      for (let i = 0; i < 3; i++)
+        expectStatus(await disableMfa(h.app, e.token, wrongCodeAt(e.secret, h.clock.now)), 400)
+      const locked = await disableMfa(h.app, e.token, totpAt(e.secret, h.clock.now))
+      expectStatus(locked, 429)
+      expect((await mfaStatus(h.app, e.token)).json().totp).toBe(true)
+    })
+
+    it('does not let a right password at the MFA routes reset the count of wrong codes from /token', async () => {
+      const h = await open(limits)
+      const e = await enrolled(h)
+      const token = await mfaToken(h.app, e.username)
+      for (let i = 0; i < 2; i++) expectStatus(await otpGrant(h.app, token, wrongCodeAt(e.secret, h.clock.now)), 400)
+      // The right password alone (an enrolment refused because MFA is on, a password check with a
+      // wrong code): neither ends the run of failures.
+      expectStatus(await enrol(h.app, e.token), 409)
+      expectStatus(await regenerate(h.app, e.token, wrongCodeAt(e.secret, h.clock.now)), 400)
+      const locked = await otpGrant(h.app, token, totpAt(e.secret, h.clock.now))
+      expectStatus(locked, 429)
+    })
+
+    it('refuses an mfa_token issued before MFA was turned off and on again', async () => {
+      const h = await open()
+      const e = await enrolled(h)
+      const stale = await mfaToken(h.app, e.username)
+      expectStatus(await disableMfa(h.app, e.token, e.recoveryCodes[0] as string), 204)
+      const again = await enrolled(h, e)
+      const res = await otpGrant(h.app, stale, totpAt(again.secret, h.clock.now))
+      expectStatus(res, 400)
+      expect(res.json()).toEqual(INVALID_MFA_TOKEN)
+      await expectTokens(
+        h.app,
+        await otpGrant(h.app, await mfaToken(h.app, e.username), totpAt(again.secret, h.clock.now)),
+        e.id,
+      )
     })
   })
 

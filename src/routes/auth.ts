@@ -275,7 +275,7 @@ export const authRoutes: FastifyPluginAsyncZod<{ config: Config; metrics: Metric
         }
         metrics.logins.inc({ outcome: 'mfa_required' })
         app.audit.info({ event: 'login', outcome: 'mfa_required', username: user.username, userId: user.id, ...audit })
-        ;(app.mfa as NonNullable<typeof app.mfa>).challenge(user, scope)
+        await (app.mfa as NonNullable<typeof app.mfa>).challenge(user, scope)
       }
       const issued = await issue(user, body.scope, request)
       app.audit.info({ event: 'login', outcome: 'success', username: user.username, userId: user.id, ...audit })

@@ -79,7 +79,8 @@ export const discoveryRoutes: FastifyPluginAsyncZod<{ config: Config }> = async 
             {
               'Cache-Control': {
                 type: 'string',
-                description: '`public, max-age=3600`: it changes only when the settings do.',
+                description:
+                  '`public, max-age=3600` with PUBLIC_URL (it changes only when the settings do); `no-store` when built from the request (development and test without PUBLIC_URL).',
               },
             },
           ],
@@ -87,7 +88,9 @@ export const discoveryRoutes: FastifyPluginAsyncZod<{ config: Config }> = async 
       },
     },
     async (request, reply) => {
-      reply.header('cache-control', 'public, max-age=3600')
+      // Cacheable only when built on PUBLIC_URL: a document built from the Host header (development)
+      // must not be kept by a shared cache, or one forged request would serve its URLs to everyone.
+      reply.header('cache-control', fixed ? 'public, max-age=3600' : 'no-store')
       // request.host: the Host header, or X-Forwarded-Host from a proxy of TRUST_PROXY.
       return fixed ?? metadata(request.host ? `${request.protocol}://${request.host}` : config.mail.publicUrl)
     },

@@ -75,7 +75,7 @@ export const introspectionRoutes: FastifyPluginAsyncZod<{
    */
   async function authenticateClient(request: FastifyRequest): Promise<void> {
     const { id, secret } = basicCredentials(request, realm)
-    if (!introspection.authenticateClient(id, secret)) throw new InvalidClientError(realm)
+    if (!(await introspection.authenticateClient(id, secret, request.ip))) throw new InvalidClientError(realm)
     clientOf.set(request, id)
   }
 

@@ -47,6 +47,8 @@ export interface MfaClaims extends RegisteredClaims {
   scope: string
   /** The account's token generation when issued: a password change or a disable voids the token. */
   ver: number
+  /** The factor it was issued for (its enrolment time, ms): MFA turned off and on again voids it. */
+  fct: number
 }
 
 /** How long an MFA token lives: the time to open an authenticator app and type a code. */
@@ -93,8 +95,8 @@ const PURPOSES: { readonly [P in TokenPurpose]: PurposeSpec<TokenClaims[P]> } = 
     typ: 'mfa+jwt',
     audience: (jwt) => `${jwt.issuer}#mfa`,
     ttlSeconds: () => MFA_TOKEN_TTL_SECONDS,
-    claims: ['scope', 'ver'],
-    check: (c) => typeof c.scope === 'string' && Number.isSafeInteger(c.ver),
+    claims: ['scope', 'ver', 'fct'],
+    check: (c) => typeof c.scope === 'string' && Number.isSafeInteger(c.ver) && Number.isSafeInteger(c.fct),
     // Presented once or a few times, and each use is checked against the store anyway.
     cached: false,
   },

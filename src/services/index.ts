@@ -21,6 +21,8 @@ export interface Services {
   tokens: TokenService
   sessions: SessionService
   users: UserService
+  /** Failed-credential budgets per account and per address (services/throttle.ts). */
+  throttle: LoginThrottle
   /**
    * Outgoing mail (config.mail.mode: smtp, log or off). send() enqueues and returns at once, so a
    * slow SMTP server never touches a request; see src/mail/mailer.ts.
@@ -149,6 +151,7 @@ export function createServices(
     tokens,
     sessions,
     users,
+    throttle,
     mailer,
     recovery,
     mfa,

@@ -26,6 +26,7 @@ import type { UserRecord, UserStore } from '../store/users.js'
 import type { Services } from './index.js'
 import { refreshScope } from './scopes.js'
 import { refreshTokenKey, type SessionService } from './sessions.js'
+import type { LoginThrottle } from './throttle.js'
 
 /** RFC 7662 §2.1 token_type_hint values; any other hint is ignored (§2.1: the search extends to every type). */
 export type TokenTypeHint = 'access_token' | 'refresh_token'
@@ -77,6 +78,8 @@ export interface IntrospectionOptions {
   /** The store SessionService keeps refresh tokens in: read here, never written. */
   sessionStore: SessionStore
   users: UserStore
+  /** The per-address budget of failed credentials (services/throttle.ts). */
+  throttle: LoginThrottle
 }
 
 const INACTIVE: Introspection = Object.freeze({ response: Object.freeze({ active: false as const }), tokenType: null })
@@ -100,12 +103,17 @@ export class IntrospectionService {
    * True when `id` is a configured client and `secret` is its secret (RFC 6749 §2.3.1). Both sides
    * are HMAC-SHA-256 digests of the same length compared with timingSafeEqual, so the time taken
    * says nothing about how much of the secret was right, whatever its length; an unknown id does
-   * the same work against a digest no secret has.
+   * the same work against a digest no secret has. Refused credentials count in the address's
+   * budget of failed credentials (failed logins and bad one-time tokens share it): past it,
+   * TooManyAttemptsError (429) before any comparison, so that secrets cannot be guessed in bulk.
    */
-  authenticateClient(id: string, secret: string): boolean {
+  async authenticateClient(id: string, secret: string, ip: string): Promise<boolean> {
+    await this.#o.throttle.beginTokenCheck(ip)
     const expected = this.#digests.get(id)
     const same = timingSafeEqual(this.#digest(secret), expected ?? this.#unknown)
-    return same && expected !== undefined
+    if (same && expected !== undefined) return true
+    await this.#o.throttle.tokenFailed(ip)
+    return false
   }
 
   /**
@@ -200,7 +208,7 @@ export class IntrospectionService {
 /** The service over the app's services and stores; undefined when INTROSPECTION_CLIENTS is empty (off). */
 export function createIntrospection(
   config: Config,
-  services: Pick<Services, 'tokens' | 'sessions'>,
+  services: Pick<Services, 'tokens' | 'sessions' | 'throttle'>,
   stores: Pick<Stores, 'sessions' | 'users'>,
 ): IntrospectionService | undefined {
   if (config.introspection.clients.length === 0) return undefined
@@ -210,6 +218,7 @@ export function createIntrospection(
     requireVerifiedEmail: config.recovery.requireVerifiedEmail,
     tokens: services.tokens,
     sessions: services.sessions,
+    throttle: services.throttle,
     sessionStore: stores.sessions,
     users: stores.users,
   })

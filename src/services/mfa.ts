@@ -34,6 +34,9 @@ import type { SessionService } from './sessions.js'
 import type { LoginThrottle } from './throttle.js'
 import type { UserService } from './users.js'
 
+/** How long an enrolment waits for its confirming code: long enough to find the app, scan and type. */
+export const ENROLMENT_TTL_MS = 15 * 60 * 1000
+
 /** Wrong codes one MFA token takes before it dies. */
 export const MFA_TOKEN_MAX_ATTEMPTS = 5
 
@@ -118,13 +121,29 @@ export class MfaService {
   /**
    * Confirms the pending enrolment with a code from the authenticator: MFA becomes active and the
    * recovery codes are returned (the only time they are shown). MfaStateError (409) when no
-   * enrolment is pending (or MFA is already active); InvalidMfaCodeError (400) for a wrong code.
+   * enrolment is pending, or it is older than ENROLMENT_TTL_MS; InvalidMfaCodeError (400) for a
+   * wrong code. Each code is an attempt of the account's login throttle (429 once locked): a
+   * stolen access token must not be able to guess its way into someone's half-finished enrolment
+   * and walk off with the recovery codes.
    */
   async confirm(user: UserRecord, code: string, ip: string): Promise<string[]> {
     const record = await this.#o.store.get(user.id)
-    if (!record || record.active) throw new MfaStateError('No multi-factor enrolment is pending')
-    const step = totpStep(this.#open(record), code, this.#o.now())
-    if (step === undefined) throw new InvalidMfaCodeError()
+    if (!record || record.active || this.#o.now() - record.createdAt.getTime() > ENROLMENT_TTL_MS)
+      throw new MfaStateError('No multi-factor enrolment is pending')
+    const attempt = await this.#o.throttle.begin(user.username, ip)
+    let step: number | undefined
+    try {
+      step = totpStep(this.#open(record), code, this.#o.now())
+    } catch (err) {
+      await this.#o.throttle.cancelled(attempt)
+      throw err
+    }
+    if (step === undefined) {
+      if (await this.#o.throttle.failed(attempt))
+        this.#o.audit.warn({ event: 'lockout', username: user.username.slice(0, 64), ip })
+      throw new InvalidMfaCodeError()
+    }
+    await this.#o.throttle.succeeded(attempt)
     const codes = newRecoveryCodes()
     const hashes = codes.map((c) => this.#o.cipher.hashCode(user.id, normaliseRecoveryCode(c) as string))
     // The step of this code counts as used: it cannot log in a second time.
@@ -139,9 +158,9 @@ export class MfaService {
    * MfaStateError (409) when MFA is not active; InvalidMfaCodeError (400) for a wrong code.
    */
   async regenerateRecoveryCodes(user: UserRecord, password: string, otp: string, ip: string): Promise<string[]> {
-    await this.#o.accounts.confirmPassword(user, password, ip)
     const record = await this.#active(user.id)
-    if (!(await this.#checkFactor(record, { otp }))) throw new InvalidMfaCodeError()
+    // The password and the code are one attempt of the login throttle: a wrong code is a failure.
+    await this.#o.accounts.confirmPassword(user, password, ip, () => this.#checkFactor(record, { otp }))
     const codes = newRecoveryCodes()
     const hashes = codes.map((c) => this.#o.cipher.hashCode(user.id, normaliseRecoveryCode(c) as string))
     if (!(await this.#o.store.replaceRecoveryCodes(user.id, hashes)))
@@ -155,10 +174,9 @@ export class MfaService {
    * either). MfaStateError (409) when MFA is not active; InvalidMfaCodeError (400) for a wrong code.
    */
   async disable(user: UserRecord, password: string, code: string, ip: string): Promise<void> {
-    await this.#o.accounts.confirmPassword(user, password, ip)
     const record = await this.#active(user.id)
     const factor: SecondFactor = /^[0-9]{6}$/.test(code.trim()) ? { otp: code.trim() } : { recoveryCode: code }
-    if (!(await this.#checkFactor(record, factor))) throw new InvalidMfaCodeError()
+    await this.#o.accounts.confirmPassword(user, password, ip, () => this.#checkFactor(record, factor))
     await this.#o.store.delete(user.id)
     this.#o.audit.warn({ event: 'mfa_disabled', userId: user.id, ip })
   }
@@ -186,11 +204,17 @@ export class MfaService {
 
   /**
    * The answer to a right password of an account with MFA: an MFA token (5 minutes, of its own
-   * token purpose) carrying the account, its token generation and the scope granted, thrown as
-   * MfaRequiredError (403 mfa_required).
+   * token purpose) carrying the account, its token generation, its factor and the scope granted,
+   * thrown as MfaRequiredError (403 mfa_required).
    */
-  challenge(user: UserRecord, scope: string): never {
-    const { token } = this.#o.tokens.sign('mfa', { sub: user.id, scope, ver: user.tokenVersion })
+  async challenge(user: UserRecord, scope: string): Promise<never> {
+    const record = await this.#o.store.get(user.id)
+    const { token } = this.#o.tokens.sign('mfa', {
+      sub: user.id,
+      scope,
+      ver: user.tokenVersion,
+      fct: record ? factorStamp(record) : 0,
+    })
     throw new MfaRequiredError(token)
   }
 
@@ -216,7 +240,8 @@ export class MfaService {
     const user = await this.#o.users.findById(claims.sub, { fresh: true })
     if (!user || user.disabled || user.tokenVersion !== claims.ver) throw invalidMfaToken()
     const record = await this.#o.store.get(user.id)
-    if (!record?.active) throw invalidMfaToken()
+    // The factor the token was issued for: MFA turned off and on again since is another factor.
+    if (!record?.active || factorStamp(record) !== claims.fct) throw invalidMfaToken()
 
     const attempt = await this.#o.throttle.begin(user.username, ip)
     // Reserved before the check, so that concurrent guesses cannot get past the limit.
@@ -278,6 +303,9 @@ export class MfaService {
     return secret
   }
 }
+
+/** Which enrolment a factor is: its creation time in milliseconds (an enrolment replaces the record). */
+const factorStamp = (record: MfaRecord) => record.createdAt.getTime()
 
 /** The one answer to an MFA token that cannot be used, whatever the reason. */
 const invalidMfaToken = () => new OAuthError('invalid_grant', 'Invalid or expired mfa_token')

@@ -6,6 +6,7 @@ import {
   AdminSetupError,
   EmailTakenError,
   emailNotVerified,
+  InvalidMfaCodeError,
   invalidGrant,
   NotFoundError,
   PasswordIncorrectError,
@@ -181,21 +182,38 @@ export class UserService {
     return { user, mfaRequired }
   }
 
-  /** For password change and deletion: the account's own password, throttled like a login. */
-  async confirmPassword(user: UserRecord, password: string, ip: string): Promise<void> {
+  /**
+   * For changes to the account (password, deletion, e-mail, second factor): its own password,
+   * throttled like a login (PasswordIncorrectError; TooManyAttemptsError before any check). With
+   * `secondFactor`, the check of a code given with the password (MFA changes): both are one
+   * attempt, and a wrong code is a failure of it (InvalidMfaCodeError). Without one, a right
+   * password of an account with a second factor ends nothing of its run of failures, as at login:
+   * otherwise the password alone, through any of these routes, would reset the count of wrong codes.
+   */
+  async confirmPassword(
+    user: UserRecord,
+    password: string,
+    ip: string,
+    secondFactor?: () => Promise<boolean>,
+  ): Promise<void> {
     const attempt = await this.throttle.begin(user.username, ip)
     let ok: boolean
+    let codeOk = true
+    let mfaPending = false
     try {
       ;({ ok } = await this.#verify(password, user.passwordHash))
+      if (ok && secondFactor) codeOk = await secondFactor()
+      else if (ok) mfaPending = (await this.options.secondFactorRequired?.(user)) ?? false
     } catch (err) {
       await this.throttle.cancelled(attempt)
       throw err
     }
-    if (!ok) {
+    if (!ok || !codeOk) {
       if (await this.throttle.failed(attempt)) this.onLockout(user.username, ip)
-      throw new PasswordIncorrectError()
+      throw ok ? new InvalidMfaCodeError() : new PasswordIncorrectError()
     }
-    await this.throttle.succeeded(attempt)
+    if (mfaPending) await this.throttle.cancelled(attempt)
+    else await this.throttle.succeeded(attempt)
   }
 
   /**
