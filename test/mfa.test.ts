@@ -581,7 +581,7 @@ function mfaFlows(open: Open): void {
       const e = await enrolled(h)
       // The factor a real mfa_token names (its enrolment time), so that the forged ones differ from
       // a real one only where each says.
-      const { fct } = decodeClaims(await mfaToken(h.app, e.username))
+      const fct = decodeClaims(await mfaToken(h.app, e.username)).fct as number
       // The shape of the server's own mfa_token (header typ, audience, claims), by hand.
       const mfaShape = (iat: number) =>
         forgeToken(h.app, e.id, {
