@@ -3,8 +3,10 @@
 // in production mode and the floor (bench/floor.mjs, a bare Fastify app) as child processes,
 // drives them with autocannon (and, for the login storm, an open-loop generator in a worker
 // thread: bench/storm.mjs), and measures memory (bench/memory.mjs) and cold start in their own
-// processes. Prints a table and writes bench/results.json. It reports; it does not judge: the exit
-// code is 0 whether or not the targets are met, and non-zero only when something crashed.
+// processes. Prints a table and writes bench/results.json and bench/report.html (charts, inline
+// SVG, made from the results by bench/lib/html.mjs; `node bench/html-report.mjs` remakes it from
+// a results file). It reports; it does not judge: the exit code is 0 whether or not the targets
+// are met, and non-zero only when something crashed.
 //
 // The cases, in the order they run (each in cases/, with its targets):
 //   1  GET /users/me: the server against the floor                      cases/users-me.mjs
@@ -26,6 +28,12 @@
 //   BENCH_DURATION     seconds per run (default 5; logins and registrations run twice as long)
 //   BENCH_CONNECTIONS  connections for GET /users/me (default 50)
 //   BENCH_QUICK=1      smoke run: 1 run, 2 s, 100,000 users only
+//   BENCH_ONLY         only these cases, comma-separated file names of cases/ (users-me,
+//                      logins-registrations, login-storm, memory-per-user, cold-start, postgres),
+//                      plus those they need (login-storm runs users-me and logins-registrations
+//                      first). A partial run writes bench/results.local.json (ignored by git) and
+//                      its report in the temporary directory, never bench/results.json or
+//                      bench/report.html. `BENCH_ONLY=cold-start npm run bench`: case 6 alone.
 //   BENCH_HASH_CONCURRENCY, BENCH_HASH_QUEUE_MAX, BENCH_HASH_MAX_WAIT_MS  the hash gate of the
 //                      server for cases 1-3 (default: cores, 8 x that, 60000: nothing is shed)
 //   BENCH_STORM_HASH_CONCURRENCY, BENCH_STORM_HASH_QUEUE_MAX, BENCH_STORM_HASH_MAX_WAIT_MS  the gate
@@ -50,7 +58,10 @@ import { prepare } from './lib/http.mjs'
 import { dropPgSchema, dropPgSchemaSync } from './lib/postgres.mjs'
 import { HOST, killAll, makeWorkDir, removeWorkDir, startNode, stopChild } from './lib/process.mjs'
 import { finish, log, printHeader, results, serverReport } from './lib/report.mjs'
-import { benchDir, PASSWORD, S, serverEntry, serverEnv, stormUsers } from './lib/settings.mjs'
+import { benchDir, only, PASSWORD, S, serverEntry, serverEnv, stormUsers } from './lib/settings.mjs'
+
+/** @param {string} name  a case's file name in cases/ */
+const selected = (name) => only === null || only.has(name)
 
 // Every way out kills the children, removes their work directory and drops the PostgreSQL schema.
 process.on('exit', () => {
@@ -71,21 +82,26 @@ async function main() {
   if (!existsSync(serverEntry)) throw new Error(`${serverEntry} is missing: run \`npm run build\` first`)
   makeWorkDir()
   await printHeader()
+  if (only !== null) log(`BENCH_ONLY: ${[...only].join(', ')}`)
 
   // bcrypt at the configured cost, in this process, before anything else runs.
-  log('measuring bcrypt (cost 12) in the bench process')
-  await hashTimes(1) // the thread pool and the native module warm up
-  const bcryptTimes = await hashTimes(5)
+  /** @type {number[]} */
+  let bcryptTimes = []
+  if (selected('logins-registrations')) {
+    log('measuring bcrypt (cost 12) in the bench process')
+    await hashTimes(1) // the thread pool and the native module warm up
+    bcryptTimes = await hashTimes(5)
+  }
   const sampleHash = await bcrypt.hash(PASSWORD, S.bcryptRounds)
 
-  await inMemoryCases(bcryptTimes)
-  await memoryCase(sampleHash) // nothing else running
-  await coldStartCase()
-  await postgresCases(sampleHash) // skipped when PostgreSQL does not answer
+  if (['users-me', 'logins-registrations', 'login-storm'].some(selected)) await inMemoryCases(bcryptTimes)
+  if (selected('memory-per-user')) await memoryCase(sampleHash) // nothing else running
+  if (selected('cold-start')) await coldStartCase()
+  if (selected('postgres')) await postgresCases(sampleHash) // skipped when PostgreSQL does not answer
 }
 
 /**
- * Cases 1-4, on the server and the floor started here (and the storm's own server).
+ * Cases 1-4 (those selected), on the server and the floor started here (and the storm's own server).
  * @param {number[]} bcryptTimes
  */
 async function inMemoryCases(bcryptTimes) {
@@ -93,25 +109,26 @@ async function inMemoryCases(bcryptTimes) {
   const real = await startNode('server', [serverEntry], serverEnv)
   /** @type {import('./lib/http.mjs').Target[]} */
   const extraServers = []
-  const floor = await startNode('floor', [path.join(benchDir, 'floor.mjs')], { HOST })
+  const floor = selected('users-me') ? await startNode('floor', [path.join(benchDir, 'floor.mjs')], { HOST }) : null
   try {
     // A user and a token for /users/me; the storm's users too.
     const token = await prepare(real, stormUsers)
-    const c1 = await usersMeCase(real, floor, token)
-    const c2 = await loginsAndRegistrationsCases(real, bcryptTimes)
-    const stormServer = await loginStormCase({
-      capacity: c2.loginRps,
-      unloadedMeRps: c1.realRps,
-      servers: extraServers,
-    })
-    results.servers = {
-      server: serverReport(real),
-      stormServer: serverReport(stormServer),
-      floor: serverReport(floor),
+    results.servers = { server: serverReport(real) }
+    const c1 = floor ? await usersMeCase(real, floor, token) : null
+    const c2 = selected('logins-registrations') ? await loginsAndRegistrationsCases(real, bcryptTimes) : null
+    if (selected('login-storm') && c1 && c2) {
+      const stormServer = await loginStormCase({
+        capacity: c2.loginRps,
+        unloadedMeRps: c1.realRps,
+        servers: extraServers,
+      })
+      results.servers.stormServer = serverReport(stormServer)
     }
+    results.servers.server = serverReport(real)
+    if (floor) results.servers.floor = serverReport(floor)
   } finally {
     log('stopping the server and the floor')
-    await Promise.all([real, floor, ...extraServers].map((server) => stopChild(server.child)))
+    await Promise.all([real, floor, ...extraServers].map((server) => server && stopChild(server.child)))
   }
 }
 

@@ -2,7 +2,10 @@
 // Case 4's login side, run in a worker thread so that its clock is not held up by autocannon's
 // event loop in the main thread: an open-loop load generator that offers POST /token at a fixed
 // rate (requests go out on schedule whether or not earlier ones were answered) and records the
-// status and latency of every request. Latency is from the request's start to the end of its body.
+// status, latency and start time of every request. Latency is from the request's start to the end
+// of its body; the start time is in ms since the storm's start (startEpochMs, in the message: the
+// same clock as the main thread's performance.timeOrigin + performance.now(), for the per-second
+// timeline of bench/cases/login-storm.mjs).
 import http from 'node:http'
 import { parentPort, workerData } from 'node:worker_threads'
 
@@ -11,8 +14,9 @@ if (!parentPort) throw new Error('bench/storm.mjs runs in a worker thread (start
 const { host, port, rate, durationMs, bodies, timeoutMs = 30_000 } = workerData
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 })
 /**
- * [status (0 = error), latencyMs, 1 when a 503 carries Retry-After and a JSON `detail` (else 0)]
- * @type {[number, number, number][]}
+ * [status (0 = error), latencyMs, 1 when a 503 carries Retry-After and a JSON `detail` (else 0),
+ * ms from the storm's start to the request's]
+ * @type {[number, number, number, number][]}
  */
 const records = []
 let inFlight = 0
@@ -25,7 +29,7 @@ function fire(body) {
   const started = performance.now()
   /** @param {number} status */
   const done = (status, wellFormed = 0) => {
-    records.push([status, performance.now() - started, wellFormed])
+    records.push([status, performance.now() - started, wellFormed, started - start])
     inFlight--
   }
   const req = http.request(
@@ -85,4 +89,10 @@ await allSent
 const offeredFor = performance.now() - start
 while (inFlight > 0) await new Promise((r) => setTimeout(r, 10))
 agent.destroy()
-parentPort.postMessage({ sent, offeredForMs: offeredFor, totalMs: performance.now() - start, records })
+parentPort.postMessage({
+  sent,
+  offeredForMs: offeredFor,
+  totalMs: performance.now() - start,
+  startEpochMs: performance.timeOrigin + start,
+  records,
+})

@@ -35,7 +35,15 @@ declare module 'autocannon' {
     latency: Histogram
     statusCodeStats?: Record<string, { count: number }>
   }
-  export default function autocannon(options: Options): Promise<Result>
+  /** The run: an EventEmitter that is also a promise of its result. */
+  export interface Instance extends PromiseLike<Result> {
+    /** Each response: its status code, size and latency in ms. */
+    on(
+      event: 'response',
+      listener: (client: unknown, statusCode: number, resBytes: number, responseTime: number) => void,
+    ): this
+  }
+  export default function autocannon(options: Options): Instance
 }
 
 declare module 'newman' {

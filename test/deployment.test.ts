@@ -199,7 +199,7 @@ describeWith(['postgres', 'redis'], "README's deployment block, on a fresh copy"
       // npm ci: Node 20 satisfies every engines field (the overrides in package.json), and its
       // prepare step built dist/; the prune then removed every dev dependency.
       expect(output).not.toContain('EBADENGINE')
-      expect(output).toContain('ensure-built: dist/ has not been built: building dist/ (tsc)')
+      expect(output).toContain('ensure-built: dist/ has not been built: building dist/ (esbuild)')
       for (const tool of ['typescript', 'vitest', '@biomejs/biome', 'tsx', 'newman']) {
         expect(existsSync(join(dir, 'node_modules', tool)), `${tool} after the prune`).toBe(false)
       }

@@ -1,6 +1,7 @@
 // @ts-check
 // Case 6: cold start, from spawning the server to the first 200 on GET /healthz (polled every few
-// ms), and then how long it takes to exit on SIGTERM. Target: under 500 ms, and no SIGKILL needed.
+// ms), and then how long it takes to exit on SIGTERM. Target: at most 300 ms (the median), and no
+// SIGKILL needed. Where the time goes, and how to measure it: docs/performance.md.
 import { noiseFields, noiseMeter } from '../lib/cpu.mjs'
 import { sleep, startNode, stopChild } from '../lib/process.mjs'
 import { fmt, listRuns, log, results, row } from '../lib/report.mjs'
@@ -20,10 +21,10 @@ export async function coldStartCase() {
     await sleep(200)
   }
   const cold = median(case6)
-  results.cases.coldStart = { runsMs: case6, medianMs: cold, shutdowns, ...noiseFields(noise()) }
+  results.cases.coldStart = { runsMs: case6, medianMs: cold, targetMs: 300, shutdowns, ...noiseFields(noise()) }
 
   const k6 = '6 cold start'
-  row(k6, 'spawn to first 200 /healthz', `${fmt(cold)} ms`, '< 500 ms', cold < 500, listRuns(case6, 0, ' ms'))
+  row(k6, 'spawn to first 200 /healthz', `${fmt(cold)} ms`, '<= 300 ms', cold <= 300, listRuns(case6, 0, ' ms'))
   const killed = shutdowns.filter((x) => x.killed).length
   row(
     k6,

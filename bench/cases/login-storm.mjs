@@ -14,9 +14,49 @@ import { percentile } from '../lib/stats.mjs'
 
 /**
  * What the storm worker (bench/storm.mjs) reports. records: one per request, [status (0: no
- * answer), latency in ms, 1 when a 503 carried Retry-After and a JSON `detail` (else 0)].
- * @typedef {{ sent: number, offeredForMs: number, totalMs: number, records: [number, number, number][] }} StormResult
+ * answer), latency in ms, 1 when a 503 carried Retry-After and a JSON `detail` (else 0), ms from
+ * the storm's start (startEpochMs) to the request's].
+ * @typedef {{ sent: number, offeredForMs: number, totalMs: number, startEpochMs: number,
+ *   records: [number, number, number, number][] }} StormResult
  */
+
+/**
+ * A run second by second, for the report's chart (bench/lib/html.mjs). Second i of `token` covers
+ * [i, i + 1) s after the storm's start: logins offered (sent) in it, and answered in it with 200,
+ * with 503, or otherwise (another status, or no answer). `usersMe` is autocannon's run alongside
+ * (bench/lib/http.mjs, PerSecond), which started `usersMeOffsetMs` after the storm (negative:
+ * before).
+ * @typedef {{ usersMeOffsetMs: number, token: { offered: number[], ok: number[], shed: number[],
+ *   other: number[] }, usersMe: Omit<import('../lib/http.mjs').PerSecond, 'startEpochMs'> }} StormTimeline
+ */
+
+/**
+ * @param {StormResult} storm
+ * @param {import('../lib/http.mjs').PerSecond} usersMe
+ * @returns {StormTimeline}
+ */
+function timeline(storm, usersMe) {
+  /** @type {StormTimeline['token']} */
+  const token = { offered: [], ok: [], shed: [], other: [] }
+  /**
+   * @param {number[]} list
+   * @param {number} ms
+   */
+  const count = (list, ms) => {
+    const second = Math.floor(ms / 1000)
+    for (let i = list.length; i <= second; i++) list.push(0)
+    list[second] = (list[second] ?? 0) + 1
+  }
+  for (const [status, latency, , sentAt] of storm.records) {
+    count(token.offered, sentAt)
+    count(status === 200 ? token.ok : status === 503 ? token.shed : token.other, sentAt + latency)
+  }
+  // The same number of seconds in each list.
+  const length = Math.max(...Object.values(token).map((list) => list.length))
+  for (const list of Object.values(token)) while (list.length < length) list.push(0)
+  const { startEpochMs, ...perSecond } = usersMe
+  return { usersMeOffsetMs: startEpochMs - storm.startEpochMs, token, usersMe: perSecond }
+}
 
 /**
  * @param {{ port: number, rate: number, durationMs: number, bodies: string[] }} options
@@ -56,7 +96,7 @@ export async function loginStormCase({ capacity, unloadedMeRps, servers }) {
     log(`case 4 run ${r + 1}/${S.runs}: POST /token at ${fmt(stormRate, 1)}/s with GET /users/me alongside`)
     const [storm, meRun] = await Promise.all([
       runStorm({ port: stormServer.port, rate: stormRate, durationMs: S.durationSeconds * 1000, bodies }),
-      cannon(stormServer, usersMeRequests(stormToken)),
+      cannon(stormServer, usersMeRequests(stormToken), { perSecond: true }),
     ])
     /** @type {Record<string, number[]>} */
     const byStatus = {}
@@ -91,7 +131,8 @@ export async function loginStormCase({ capacity, unloadedMeRps, servers }) {
         latencyByStatus: latency,
         loginsPerSecond: count('200') / (storm.totalMs / 1000),
       },
-      usersMe: meRun,
+      usersMe: (({ perSecond, ...rest }) => rest)(meRun),
+      timeline: timeline(storm, meRun.perSecond),
     })
     await sleep(500)
   }

@@ -6,7 +6,7 @@ import autocannon from 'autocannon'
 import { cpuSeconds, noiseFields, noiseMeter } from './cpu.mjs'
 import { HOST, sleep } from './process.mjs'
 import { PASSWORD, S } from './settings.mjs'
-import { summarise } from './stats.mjs'
+import { percentile, summarise } from './stats.mjs'
 
 /**
  * A started server (startNode); `dbPids`, for a server with STORE=postgres, lists the PostgreSQL
@@ -116,23 +116,47 @@ export const loginRunOptions = () => ({
 })
 
 /**
+ * Per-second figures of an autocannon run, from its 'response' events (a counter and a push per
+ * response: nothing next to the cost of the request itself). Second i covers [i, i + 1) s after
+ * startEpochMs (performance.timeOrigin + performance.now() when the run started); latencies in ms.
+ * @typedef {{ startEpochMs: number, ok: number[], other: number[], p50: (number | null)[],
+ *   p99: (number | null)[], max: (number | null)[] }} PerSecond
+ */
+
+/**
  * An autocannon run against `server`, with the server's and this process's CPU use alongside.
- * The settings' connections, pipelining and duration unless `options` says otherwise.
+ * The settings' connections, pipelining and duration unless `options` says otherwise; with
+ * `perSecond`, the run's figures second by second too (PerSecond).
+ * @template {boolean} [P=false]
  * @param {Target} server
  * @param {Partial<import('autocannon').Options>} options
+ * @param {{ perSecond?: P }} [how]
  */
-export async function cannon(server, options) {
+export async function cannon(server, options, { perSecond } = {}) {
   const serverCpu0 = cpuSeconds(server.child.pid)
   const selfCpu0 = process.cpuUsage()
   const noise = noiseMeter()
   const t0 = performance.now()
-  const result = await autocannon({
+  const instance = autocannon({
     url: `http://${HOST}:${server.port}`,
     connections: S.connections,
     pipelining: S.pipelining,
     duration: S.durationSeconds,
     ...options,
   })
+  /** @type {{ ok: number, other: number, latencies: number[] }[]} */
+  const seconds = []
+  if (perSecond) {
+    instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+      const second = Math.floor((performance.now() - t0) / 1000)
+      for (let i = seconds.length; i <= second; i++) seconds.push({ ok: 0, other: 0, latencies: [] })
+      const bin = /** @type {{ ok: number, other: number, latencies: number[] }} */ (seconds[second])
+      if (statusCode >= 200 && statusCode < 300) bin.ok++
+      else bin.other++
+      bin.latencies.push(responseTime)
+    })
+  }
+  const result = await instance
   const wallSeconds = (performance.now() - t0) / 1000
   const serverCpu1 = cpuSeconds(server.child.pid)
   const selfCpu = process.cpuUsage(selfCpu0)
@@ -143,5 +167,25 @@ export async function cannon(server, options) {
     clientCpuPct: ((selfCpu.user + selfCpu.system) / 1e6 / wallSeconds) * 100,
     ...noiseFields(noise({ dbPids })),
     loadAverage1m: os.loadavg()[0],
+    perSecond: /** @type {P extends true ? PerSecond : undefined} */ (
+      perSecond ? perSecondFigures(seconds, performance.timeOrigin + t0) : undefined
+    ),
   })
+}
+
+/**
+ * @param {{ ok: number, other: number, latencies: number[] }[]} seconds
+ * @param {number} startEpochMs
+ * @returns {PerSecond}
+ */
+function perSecondFigures(seconds, startEpochMs) {
+  const sorted = seconds.map((s) => s.latencies.sort((a, b) => a - b))
+  return {
+    startEpochMs,
+    ok: seconds.map((s) => s.ok),
+    other: seconds.map((s) => s.other),
+    p50: sorted.map((l) => percentile(l, 0.5)),
+    p99: sorted.map((l) => percentile(l, 0.99)),
+    max: sorted.map((l) => l.at(-1) ?? null),
+  }
 }

@@ -1,14 +1,16 @@
 // @ts-check
 // What the bench prints and saves: the header (settings, and what the servers make of them), the
-// progress log (stderr), the table's rows, and at the end the table and bench/results.json.
+// progress log (stderr), the table's rows, and at the end the table, bench/results.json and the
+// charts made from it, bench/report.html (bench/lib/html.mjs).
 import { spawnSync } from 'node:child_process'
-import { existsSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { rssBytes, seenOthers } from './cpu.mjs'
+import { renderReport } from './html.mjs'
 import { pgSchema, pgServerEnv, pgUrl, printablePgUrl } from './postgres.mjs'
-import { CORES, printableEnv, resultsFile, root, S, serverEnv, stormEnv } from './settings.mjs'
+import { CORES, printableEnv, reportFile, resultsFile, root, S, serverEnv, stormEnv } from './settings.mjs'
 import { median } from './stats.mjs'
 
 /**
@@ -257,8 +259,8 @@ export async function printHeader() {
 }
 
 /**
- * Writes bench/results.json, then prints the table, the servers' log lines, the busiest other
- * processes and, when `crashed` is set, the error.
+ * Writes bench/results.json and bench/report.html, then prints the table, the servers' log lines,
+ * the busiest other processes and, when `crashed` is set, the error.
  * @param {unknown} crashed
  */
 export function finish(crashed) {
@@ -274,6 +276,16 @@ export function finish(crashed) {
   // The file lives in the linted tree (`biome check .`): let biome lay it out the way it wants.
   const biome = path.join(root, 'node_modules', '.bin', 'biome')
   if (existsSync(biome)) spawnSync(biome, ['format', '--write', resultsFile], { cwd: root, stdio: 'ignore' })
+  // From the rounded figures just saved, so that `node bench/html-report.mjs` remakes the same page.
+  // A failure here must not lose the results: said, and the run goes on to print the table.
+  /** @type {string | undefined} */
+  let report
+  try {
+    writeFileSync(reportFile, renderReport(JSON.parse(readFileSync(resultsFile, 'utf8'))))
+    report = reportFile
+  } catch (err) {
+    console.error(`could not write the HTML report: ${/** @type {Error} */ (err)?.stack ?? err}`)
+  }
   console.log('')
   if (rows.length > 0) printTable()
   for (const [name, { logLines, logTail }] of Object.entries(results.servers ?? {})) {
@@ -286,6 +298,7 @@ export function finish(crashed) {
       console.log(`  ${String(pctOfCore).padStart(4)}%  ${name}`)
   }
   console.log(`\nResults: ${path.relative(process.cwd(), resultsFile) || resultsFile}`)
+  if (report) console.log(`Charts: ${path.relative(process.cwd(), report) || report}`)
   if (crashed) {
     console.error(`\nThe benchmark crashed: ${error?.stack ?? crashed}`)
     process.exitCode = 1

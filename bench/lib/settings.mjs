@@ -10,7 +10,43 @@ import { HOST } from './process.mjs'
 export const benchDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const root = path.resolve(benchDir, '..')
 export const serverEntry = path.join(root, 'dist', 'server.js')
-export const resultsFile = path.join(benchDir, 'results.json')
+
+/**
+ * The cases BENCH_ONLY can name (the files of cases/), and the cases each needs run before it.
+ * @type {Record<string, string[]>}
+ */
+export const CASES = {
+  'users-me': [],
+  'logins-registrations': [],
+  // Its rate is 4 x case 2's logins/s; its /users/me target compares with case 1's req/s.
+  'login-storm': ['users-me', 'logins-registrations'],
+  'memory-per-user': [],
+  'cold-start': [],
+  // Cases 7-9.
+  postgres: [],
+}
+
+/**
+ * The cases to run: all of them, or those BENCH_ONLY names (comma-separated), with those they need.
+ * @returns {Set<string> | null}  null: all
+ */
+function onlyCases() {
+  const raw = process.env.BENCH_ONLY?.trim()
+  if (!raw) return null
+  const names = raw.split(',').map((name) => name.trim().replace(/\.mjs$/, ''))
+  const unknown = names.filter((name) => !(name in CASES))
+  if (unknown.length > 0)
+    throw new Error(`BENCH_ONLY: unknown case ${unknown.join(', ')} (the cases: ${Object.keys(CASES).join(', ')})`)
+  return new Set(names.flatMap((name) => [...(CASES[name] ?? []), name]))
+}
+export const only = onlyCases()
+
+// A partial run (BENCH_ONLY) leaves the committed results alone: its results go to a file git
+// ignores, its report to the temporary directory.
+export const resultsFile = path.join(benchDir, only ? 'results.local.json' : 'results.json')
+export const reportFile = only
+  ? path.join(os.tmpdir(), 'auth-bench-report.local.html')
+  : path.join(benchDir, 'report.html')
 
 /**
  * A number from the environment, `fallback` when unset or empty; throws when it is not one.
