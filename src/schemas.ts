@@ -335,4 +335,7 @@ export const SessionList = z.object({
   items: z.array(SessionView).describe('newest first'),
 })
 
-export const SessionIdParams = z.object({ id: z.uuid('must be a session id (UUID)') })
+/** A session id as the list shows it; a UUID is the same in any case (RFC 9562 §4), so it is lower-cased. */
+export const SessionIdParams = z.object({
+  id: z.uuid('must be a session id (UUID)').transform((id) => id.toLowerCase()),
+})

@@ -1064,6 +1064,37 @@ describeWith(['postgres', 'redis'], 'MFA on PostgreSQL with Redis', () => {
 
 // --- Settings -----------------------------------------------------------------------------------
 
+describeWith('postgres', 'MFA on PostgreSQL without Redis: two instances', () => {
+  // Without Redis each instance keeps its own counters (an mfa_token's uses and wrong codes), as
+  // README says; what must still hold across instances is that a code works once, which the
+  // database guarantees (a conditional UPDATE of the last step used).
+  let db: TestSchema
+  const apps: FastifyInstance[] = []
+  const open = opener(() => ({ STORE: 'postgres', DATABASE_URL: db.url }), apps)
+
+  beforeAll(async () => {
+    db = await createTestSchema()
+  })
+  afterEach(async () => {
+    await Promise.allSettled(apps.splice(0).map((app) => app.close()))
+  })
+  afterAll(async () => {
+    await db?.drop()
+  })
+
+  it('refuses on instance B a code already accepted on instance A', async () => {
+    const clock = newClock()
+    const a = await open({}, clock)
+    const b = await open({}, clock)
+    const e = await enrolled(a)
+    const code = totpAt(e.secret, clock.now)
+    await expectTokens(a.app, await otpGrant(a.app, await mfaToken(a.app, e.username), code), e.id)
+    const replayed = await otpGrant(b.app, await mfaToken(b.app, e.username), code)
+    expectStatus(replayed, 400)
+    expect(replayed.json()).toEqual(INVALID_OTP)
+  })
+})
+
 describe('MFA settings', () => {
   const open = opener(() => ({}), memoryApps)
 

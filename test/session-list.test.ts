@@ -282,6 +282,16 @@ function sessionSuite(env: () => Env): void {
       expect(again.json()).toEqual({ detail: 'Session not found' })
     })
 
+    it('takes the id in any case, as a UUID is the same in any case', async () => {
+      const { username } = await newUser(app)
+      const mine = await loginAs(app, username)
+      const other = await loginAs(app, username)
+      const res = await authed(app, 'DELETE', `/users/me/sessions/${sid(other).toUpperCase()}`, mine.access_token)
+      expect(res.statusCode).toBe(204)
+      await expectSessionDead(app, other)
+      await expectSessionAlive(app, mine)
+    })
+
     it('ends the current session too, if asked: that is logging out', async () => {
       const { username } = await newUser(app)
       const tokens = await loginAs(app, username)
