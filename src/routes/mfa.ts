@@ -25,7 +25,20 @@ export const mfaRoutes: FastifyPluginAsyncZod<{ mfa: MfaService }> = async (app,
   const owner = [app.authenticate, requireMediaType('application/json')]
   const wrongPassword: ResponseSpec = [Detail, 'The current password is wrong ("Password is incorrect").']
   const wrongCode: ResponseSpec = [Detail, 'The code is wrong, already used or malformed ("Invalid code").']
-  const notActive: ResponseSpec = [Detail, 'MFA is not active on this account.']
+  /** The answers of a change that takes the password and a code, as one attempt of the login throttle. */
+  const passwordAndCode = (success: ResponseSpec, status = 200) =>
+    responses(
+      {
+        [status]: success,
+        400: [Detail, 'The password is wrong ("Password is incorrect") or the code is ("Invalid code").'],
+        409: [Detail, 'MFA is not active on this account.'],
+      },
+      'bearer',
+      'json-body',
+      'throttled',
+      'hashing',
+      'store',
+    )
   const auth = (request: FastifyRequest) => request.auth as NonNullable<FastifyRequest['auth']>
 
   app.get(
@@ -123,18 +136,7 @@ export const mfaRoutes: FastifyPluginAsyncZod<{ mfa: MfaService }> = async (app,
         tags: ['mfa'],
         security: BEARER_SECURITY,
         body: MfaRegenerateBody,
-        response: responses(
-          {
-            200: [RecoveryCodes, 'The new recovery codes, shown this once.'],
-            400: [Detail, 'The password is wrong ("Password is incorrect") or the code is ("Invalid code").'],
-            409: notActive,
-          },
-          'bearer',
-          'json-body',
-          'throttled',
-          'hashing',
-          'store',
-        ),
+        response: passwordAndCode([RecoveryCodes, 'The new recovery codes, shown this once.']),
       },
     },
     async (request) => {
@@ -155,18 +157,7 @@ export const mfaRoutes: FastifyPluginAsyncZod<{ mfa: MfaService }> = async (app,
         tags: ['mfa'],
         security: BEARER_SECURITY,
         body: MfaDisableBody,
-        response: responses(
-          {
-            204: [NoContent, 'MFA is off; the secret and the recovery codes are gone.'],
-            400: [Detail, 'The password is wrong ("Password is incorrect") or the code is ("Invalid code").'],
-            409: notActive,
-          },
-          'bearer',
-          'json-body',
-          'throttled',
-          'hashing',
-          'store',
-        ),
+        response: passwordAndCode([NoContent, 'MFA is off; the secret and the recovery codes are gone.'], 204),
       },
     },
     async (request, reply) => {
